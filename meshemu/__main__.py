@@ -1,0 +1,5 @@
+import sys
+
+from meshemu.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""The ``meshemu`` command: this file only assembles the subcommands.
+
+Each module named in ``_MODULES`` defines ``register(commands, benches)``,
+adding its subcommands to ``meshemu ...`` and its benchmarks to
+``meshemu bench ...``. A command is a function ``run(args) -> int``.
+A :class:`~meshemu.errors.MeshemuError` becomes one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from meshemu.errors import MeshemuError
+
+_MODULES = ("topology", "model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshemu",
+        description="Emulate LEO satellite compute meshes, from orbits to sharded model serving.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bench = commands.add_parser("bench", help="benchmarks that print figures and ratios")
+    benches = bench.add_subparsers(dest="bench", metavar="TARGET", required=True)
+    for name in _MODULES:
+        importlib.import_module(f"meshemu.cli.{name}").register(commands, benches)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except MeshemuError as err:
+        print(f"meshemu: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("meshemu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""CLI for the model layer: not yet."""
+
+
+def register(commands, benches):
+    pass

@@ -1,0 +1,81 @@
+"""Command-line options shared by every command that needs a constellation over a window.
+
+``add_scenario_args`` declares them; ``load_scenario`` turns parsed arguments
+into a constellation, its ground stations and a time grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from meshemu.constellation import (
+    Constellation,
+    GslRules,
+    TimeGrid,
+    default_ground_stations,
+    from_tle_file,
+    load_constellation,
+    read_ground_stations,
+)
+from meshemu.errors import InputError
+from meshemu.links.series import find_node
+
+
+@dataclass(frozen=True)
+class Scenario:
+    constellation: Constellation
+    stations: tuple
+    grid: TimeGrid
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        """Satellites then ground stations, in the link series' numbering."""
+        return tuple(self.constellation.satellite_names) + tuple(s.name for s in self.stations)
+
+    def node(self, name) -> int:
+        return find_node(self.node_names, name, self.constellation.name)
+
+
+def add_scenario_args(parser, *, duration_s: float = 100.0, step_s: float = 1.0) -> None:
+    src = parser.add_argument_group("constellation")
+    src.add_argument("--constellation", "-c", metavar="NAME|YAML",
+                     help="a name under topologies/ or a YAML path (default: demo, unless --tles)")
+    src.add_argument("--tles", metavar="FILE", help="a TLE file (2-line, 3-line or Hypatia's tles.txt); t = 0 is its epoch")
+    src.add_argument("--isls", metavar="FILE", help="ISLs as 'a b' satellite-id pairs per line (Hypatia's isls.txt)")
+    src.add_argument("--ground-stations", "-g", metavar="FILE",
+                     help="CSV (name,latitude_deg,longitude_deg[,elevation_m]) or Hypatia's ground_stations.txt "
+                          "(default: the 100 most populous cities)")
+    src.add_argument("--gsl-max-range-m", type=float, metavar="M",
+                     help="ground-satellite links by maximum slant range in metres (as Hypatia does)")
+    src.add_argument("--gsl-min-elevation-deg", type=float, metavar="DEG", help="minimum elevation (default 25)")
+    src.add_argument("--gsl-policy", choices=("all", "nearest"), help="usable satellites: all visible, or nearest")
+    win = parser.add_argument_group("time window")
+    win.add_argument("--epoch", metavar="UTC", help="t = 0 as ISO 8601 (default: the constellation's epoch)")
+    win.add_argument("--start", type=float, default=0.0, metavar="S", help="first step, seconds after the epoch")
+    win.add_argument("--duration", type=float, default=duration_s, metavar="S", help=f"window length in seconds ({duration_s:g})")
+    win.add_argument("--step", type=float, default=step_s, metavar="S", help=f"time step in seconds ({step_s:g})")
+    win.add_argument("--ut1-equals-utc", action="store_true",
+                     help="turn the Earth by UTC instead of UT1, as PyEphem (and so Hypatia) does")
+
+
+def load_scenario(args) -> Scenario:
+    if args.tles and args.constellation:
+        raise InputError("give --constellation or --tles, not both")
+    if args.isls and not args.tles:
+        raise InputError("--isls goes with --tles")
+    if args.tles:
+        constellation = from_tle_file(args.tles, isls_path=args.isls)
+    else:
+        constellation = load_constellation(args.constellation or "demo")
+    gsl = constellation.gsl
+    if args.gsl_max_range_m is not None or args.gsl_min_elevation_deg is not None:
+        gsl = GslRules(min_elevation_deg=args.gsl_min_elevation_deg,
+                       max_range_km=None if args.gsl_max_range_m is None else args.gsl_max_range_m / 1e3,
+                       policy=gsl.policy)
+    if args.gsl_policy:
+        gsl = replace(gsl, policy=args.gsl_policy)
+    constellation = constellation.with_rules(gsl=gsl)
+    stations = read_ground_stations(args.ground_stations) if args.ground_stations else default_ground_stations()
+    grid = TimeGrid.from_window(args.epoch or constellation.epoch_utc, start_s=args.start,
+                                duration_s=args.duration, step_s=args.step, ut1_equals_utc=args.ut1_equals_utc)
+    return Scenario(constellation, stations, grid)

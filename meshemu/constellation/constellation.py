@@ -1,0 +1,237 @@
+"""A constellation: its satellites (as SGP4 models), their +Grid places, and link rules.
+
+Sources:
+
+* a YAML file under ``topologies/`` (or any path) describing Walker shells, or
+  pointing at a TLE file (``tle_file:``);
+* a TLE file directly (2-line, 3-line or Hypatia's ``tles.txt``), optionally
+  with an explicit ISL list (Hypatia's ``isls.txt``).
+
+>>> c = load_constellation("demo")
+>>> c.size, c.isl_pairs.shape
+(64, (128, 2))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from meshemu.config import from_mapping, load_yaml
+from meshemu.constellation.propagate import parse_utc
+from meshemu.constellation.shell import Shell, walker_satellites
+from meshemu.constellation.tle import read_tles
+from meshemu.errors import InputError
+
+
+@dataclass(frozen=True)
+class IslRules:
+    """Laser inter-satellite links: +Grid within each shell, and when a link is usable."""
+
+    pattern: Literal["plus-grid", "none"] = "plus-grid"
+    cross_seam: bool = True  # link the last plane to the first
+    max_range_km: float | None = None
+    min_grazing_altitude_km: float = 80.0  # the line of sight stays this far above the surface
+    max_cross_plane_latitude_deg: float | None = None  # cross-plane links down above this latitude
+
+    def __post_init__(self):
+        if self.max_range_km is not None and self.max_range_km <= 0:
+            raise ValueError(f"isl.max_range_km must be positive, got {self.max_range_km}")
+
+
+@dataclass(frozen=True)
+class GslRules:
+    """Ground-satellite links: by elevation (default 25 deg) and/or slant range."""
+
+    min_elevation_deg: float | None = None
+    max_range_km: float | None = None
+    policy: Literal["all", "nearest"] = "all"  # every visible satellite, or the nearest only
+
+    def __post_init__(self):
+        if self.min_elevation_deg is not None and not -90 <= self.min_elevation_deg <= 90:
+            raise ValueError(f"gsl.min_elevation_deg must be within [-90, 90], got {self.min_elevation_deg}")
+        if self.max_range_km is not None and self.max_range_km <= 0:
+            raise ValueError(f"gsl.max_range_km must be positive, got {self.max_range_km}")
+
+    @property
+    def elevation_limit_deg(self) -> float | None:
+        """25 deg unless a range limit alone was asked for."""
+        if self.min_elevation_deg is None and self.max_range_km is None:
+            return 25.0
+        return self.min_elevation_deg
+
+
+@dataclass(frozen=True)
+class ConstellationSpec:
+    """What a constellation YAML file holds."""
+
+    name: str
+    description: str = ""
+    epoch: str = "2026-01-01T00:00:00Z"
+    shells: tuple[Shell, ...] = ()
+    tle_file: str | None = None
+    isl: IslRules = IslRules()
+    gsl: GslRules = GslRules()
+
+
+@dataclass(frozen=True, eq=False)
+class Constellation:
+    """Satellites 0..N-1 with names, SGP4 models, +Grid places and link rules.
+
+    ``plane``/``slot``/``shell`` are -1 where unknown (a TLE file whose
+    planes could not be inferred); ``isl_pairs`` is (L, 2) satellite indices.
+    """
+
+    name: str
+    epoch_utc: datetime
+    satellite_names: tuple[str, ...]
+    satrecs: tuple
+    isl_pairs: np.ndarray
+    isl: IslRules = IslRules()
+    gsl: GslRules = GslRules()
+    plane: np.ndarray = field(default=None, repr=False)
+    slot: np.ndarray = field(default=None, repr=False)
+    description: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.satrecs)
+
+    def with_rules(self, *, isl: IslRules | None = None, gsl: GslRules | None = None) -> "Constellation":
+        return replace(self, isl=isl or self.isl, gsl=gsl or self.gsl)
+
+
+def topologies_dir() -> Path:
+    """Where named constellations live: ``$MESHEMU_TOPOLOGIES`` or the repository's ``topologies/``."""
+    env = os.environ.get("MESHEMU_TOPOLOGIES")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "topologies"
+
+
+def available_constellations() -> list[str]:
+    return sorted(p.stem for p in topologies_dir().glob("*.yaml"))
+
+
+def load_constellation(name_or_path) -> Constellation:
+    """Load a constellation by name (``topologies/NAME.yaml``) or from a YAML path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml") or not path.exists():
+        candidate = topologies_dir() / f"{name_or_path}.yaml"
+        if not candidate.exists():
+            raise InputError(f"unknown constellation {str(name_or_path)!r}: give a YAML path or one of "
+                             f"{', '.join(available_constellations())}")
+        path = candidate
+    spec = from_mapping(ConstellationSpec, load_yaml(path), file=path)
+    epoch = _epoch(spec.epoch, path)
+    if spec.tle_file and spec.shells:
+        raise InputError("give either shells or tle_file, not both", file=path)
+    if spec.tle_file:
+        c = from_tle_file((path.parent / spec.tle_file).resolve(), isl=spec.isl, gsl=spec.gsl)
+        return replace(c, name=spec.name, description=spec.description)
+    if not spec.shells:
+        raise InputError("the constellation is empty: give at least one shell (or a tle_file)",
+                         file=path, field="shells")
+    return from_shells(spec.name, spec.shells, epoch, spec.isl, spec.gsl, spec.description)
+
+
+def from_shells(name, shells, epoch_utc: datetime, isl: IslRules = IslRules(), gsl: GslRules = GslRules(),
+                description: str = "") -> Constellation:
+    """Walker shells to a constellation; satellites numbered shell by shell, plane-major."""
+    from meshemu.links.isl import plus_grid_pairs
+
+    epoch_jd = _julian_date(epoch_utc)
+    names, satrecs, planes, slots, pairs, offset = [], [], [], [], [], 0
+    for shell in shells:
+        satrecs += walker_satellites(shell, epoch_jd, first_satnum=offset + 1)
+        p, s = np.divmod(np.arange(shell.size), shell.sats_per_plane)
+        planes.append(p)
+        slots.append(s)
+        names += [f"{shell.name}-p{i:02d}-s{j:02d}" for i, j in zip(p, s)]
+        if isl.pattern == "plus-grid":
+            seam_cross = isl.cross_seam and abs(shell.raan_spread_deg - 360.0) < 1e-9
+            pairs.append(offset + plus_grid_pairs(shell.planes, shell.sats_per_plane,
+                                                  cross_seam=seam_cross, seam_shift=shell.phasing))
+        offset += shell.size
+    isl_pairs = np.concatenate(pairs).astype(np.int32) if pairs else _no_pairs()
+    return Constellation(name, epoch_utc, tuple(names), tuple(satrecs), isl_pairs, isl, gsl,
+                         np.concatenate(planes), np.concatenate(slots), description)
+
+
+def from_tle_file(path, *, isls_path=None, n_planes=None, sats_per_plane=None,
+                  isl: IslRules = IslRules(), gsl: GslRules = GslRules()) -> Constellation:
+    """A constellation from TLEs; t = 0 is the first element set's epoch (Hypatia's convention).
+
+    The +Grid comes from, in order: an explicit ISL file (``a b`` per line); the
+    grid the file declares (Hypatia's header) or that is given; planes inferred
+    from the elements (equal-sized groups of inclination and RAAN). Otherwise
+    the satellites get no ISLs and a note says why.
+    """
+    from meshemu.links.isl import infer_grid, plus_grid_pairs
+
+    tle_file = read_tles(path)
+    satrecs = tuple(t.satrec() for t in tle_file.tles)
+    names = tuple(t.name for t in tle_file.tles)
+    epoch = _satrec_epoch(satrecs[0])
+    n = len(satrecs)
+    plane = slot = np.full(n, -1)
+    if n_planes is None and tle_file.n_planes is not None:
+        n_planes, sats_per_plane = tle_file.n_planes, tle_file.sats_per_plane
+    if n_planes is not None:
+        if n_planes * sats_per_plane != n:
+            raise InputError(f"grid {n_planes} x {sats_per_plane} does not match {n} satellites", file=path)
+        plane, slot = np.divmod(np.arange(n), sats_per_plane)
+        grid_pairs = plus_grid_pairs(n_planes, sats_per_plane, cross_seam=isl.cross_seam)
+    else:
+        plane, slot, grid_pairs = infer_grid(satrecs, cross_seam=isl.cross_seam)
+    if isls_path is not None:
+        pairs = read_isl_pairs(isls_path, n)
+    elif isl.pattern == "plus-grid":
+        pairs = grid_pairs
+    else:
+        pairs = _no_pairs()
+    return Constellation(Path(path).stem, epoch, names, satrecs, pairs.astype(np.int32), isl, gsl, plane, slot)
+
+
+def read_isl_pairs(path, n_satellites: int) -> np.ndarray:
+    """Hypatia's ``isls.txt``: one ``a b`` pair of satellite ids per line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror}", file=path) from None
+    pairs = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise InputError(f"expected two satellite ids 'a b', got {line.strip()!r}", file=path, line=lineno)
+        a, b = int(parts[0]), int(parts[1])
+        if max(a, b) >= n_satellites or a == b:
+            raise InputError(f"link {a}-{b} names a satellite outside 0..{n_satellites - 1} or itself",
+                             file=path, line=lineno)
+        pairs.append((min(a, b), max(a, b)))
+    return np.array(sorted(set(pairs)), dtype=np.int32).reshape(-1, 2)
+
+
+def _no_pairs() -> np.ndarray:
+    return np.zeros((0, 2), dtype=np.int32)
+
+
+def _epoch(text, path) -> datetime:
+    try:
+        return parse_utc(text)
+    except InputError as err:
+        raise InputError(str(err).split(": ", 1)[-1], file=path, field="epoch") from None
+
+
+def _julian_date(moment: datetime) -> float:
+    return 2440587.5 + moment.timestamp() / 86400.0
+
+
+def _satrec_epoch(satrec) -> datetime:
+    jd = satrec.jdsatepoch + satrec.jdsatepochF
+    return datetime.fromtimestamp(round((jd - 2440587.5) * 86400.0, 6), tz=timezone.utc)

@@ -1,0 +1,125 @@
+"""Where every satellite is at every step: SGP4 over a whole time grid at once.
+
+One :class:`TimeGrid` is built per run and passed everywhere. Propagation uses
+``sgp4``'s vectorised ``SatrecArray`` (all satellites x all times in one C
+call), then rotates TEME to the Earth-fixed frame (ITRS) by Greenwich mean
+sidereal time from Skyfield, so the hot path has no Python loop over
+satellites or steps. Polar motion (~10 m) is ignored, as Skyfield does by
+default.
+
+>>> grid = TimeGrid.from_window("2000-01-01T00:00:00Z", start_s=0, duration_s=3, step_s=1)
+>>> grid.offsets_s
+array([0., 1., 2.])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+
+import numpy as np
+from sgp4.api import SatrecArray
+from skyfield.sgp4lib import theta_GMST1982
+
+from meshemu.constants import SECONDS_PER_DAY
+from meshemu.errors import InputError, MeshemuError
+
+
+@lru_cache(maxsize=1)
+def timescale():
+    """Skyfield's timescale from the data files it ships (never downloads)."""
+    from skyfield.api import load
+
+    return load.timescale(builtin=True)
+
+
+def parse_utc(text) -> datetime:
+    """An ISO 8601 instant as an aware UTC datetime ('Z' or an offset; naive means UTC)."""
+    if isinstance(text, datetime):
+        value = text
+    else:
+        try:
+            value = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(f"{text!r} is not an ISO 8601 time such as 2026-01-01T00:00:00Z",
+                             field="epoch") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True, eq=False)
+class TimeGrid:
+    """Steps at ``epoch + offsets_s`` (UTC), offsets in seconds.
+
+    ``ut1_equals_utc`` turns the Earth by UTC instead of UT1 (the two differ by
+    under 0.9 s): PyEphem, and so Hypatia, do that.
+    """
+
+    epoch_utc: datetime
+    offsets_s: np.ndarray
+    ut1_equals_utc: bool = False
+    _times: object = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_window(cls, epoch, *, start_s: float, duration_s: float, step_s: float,
+                    ut1_equals_utc: bool = False) -> "TimeGrid":
+        """Steps ``start_s, start_s + step_s, ...`` strictly before ``start_s + duration_s``."""
+        if not step_s > 0:
+            raise InputError(f"step must be positive, got {step_s} s", field="step")
+        n = math.ceil(round(duration_s / step_s, 9)) if duration_s > 0 else 0
+        if n < 1:
+            raise InputError(f"the window has no steps (duration {duration_s} s, step {step_s} s): "
+                             "give a duration longer than zero", field="duration")
+        offsets = start_s + step_s * np.arange(n, dtype=np.float64)
+        return cls(parse_utc(epoch), offsets, ut1_equals_utc)
+
+    def __len__(self) -> int:
+        return len(self.offsets_s)
+
+    @property
+    def times(self):
+        """The steps as one Skyfield ``Time`` array (UTC via Skyfield's timescale)."""
+        if self._times is None:
+            e = self.epoch_utc
+            seconds = e.second + e.microsecond * 1e-6 + self.offsets_s
+            object.__setattr__(self, "_times", timescale().utc(e.year, e.month, e.day, e.hour, e.minute, seconds))
+        return self._times
+
+    def julian_utc(self) -> tuple[np.ndarray, np.ndarray]:
+        """(whole, fraction) Julian dates in UTC, the form SGP4 takes."""
+        t = self.times
+        whole = np.broadcast_to(t.whole, self.offsets_s.shape)
+        return np.ascontiguousarray(whole, dtype=np.float64), np.asarray(t.tai_fraction - t._leap_seconds() / SECONDS_PER_DAY, dtype=np.float64)
+
+    def earth_rotation_rad(self) -> np.ndarray:
+        """Greenwich mean sidereal angle at each step (IAU 1982, as SGP4's TEME expects)."""
+        t = self.times
+        whole, utc_fraction = self.julian_utc()
+        ut1_fraction = utc_fraction if self.ut1_equals_utc else t.ut1_fraction
+        theta, _ = theta_GMST1982(whole, ut1_fraction)
+        return np.asarray(theta, dtype=np.float64)
+
+
+def propagate_itrs_m(satrecs, grid: TimeGrid, names=None) -> np.ndarray:
+    """Earth-fixed positions in metres, shaped (time, satellite, 3)."""
+    if len(satrecs) == 0:
+        raise InputError("the constellation has no satellites", field="satellites")
+    whole, fraction = grid.julian_utc()
+    errors, r_km, _ = SatrecArray(list(satrecs)).sgp4(whole, fraction)  # (S, T), (S, T, 3)
+    if errors.any():
+        s, k = np.argwhere(errors)[0]
+        who = names[s] if names is not None else f"satellite {s}"
+        raise MeshemuError(f"SGP4 cannot propagate {who} at t = {grid.offsets_s[k]:g} s "
+                           f"(error {errors[s, k]}: decayed or invalid elements)")
+    r_m = np.transpose(r_km, (1, 0, 2)) * 1e3  # (T, S, 3) TEME
+    theta = grid.earth_rotation_rad()[:, None]  # (T, 1)
+    c, s = np.cos(theta), np.sin(theta)
+    x, y = r_m[..., 0], r_m[..., 1]
+    out = np.empty_like(r_m)
+    out[..., 0] = c * x + s * y
+    out[..., 1] = -s * x + c * y
+    out[..., 2] = r_m[..., 2]
+    return out

