@@ -53,6 +53,9 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ tools/setup.sh -nt "$sta
   touch "$stamp"
 fi
 ln -sf "$repo/.venv/bin/meshemu" /usr/local/bin/meshemu
+# name meshemu's route protocol number, so 'ip route' shows 'proto meshemu'
+mkdir -p /etc/iproute2/rt_protos.d
+echo "44 meshemu" > /etc/iproute2/rt_protos.d/meshemu.conf
 
 case "$action" in
   install) say "done: try 'meshemu --help'" ;;

@@ -97,6 +97,16 @@ class Constellation:
     plane: np.ndarray = field(default=None, repr=False)
     slot: np.ndarray = field(default=None, repr=False)
     description: str = ""
+    shell: np.ndarray = field(default=None, repr=False)  # which shell (0 for TLE files)
+
+    @property
+    def places(self) -> np.ndarray:
+        """(N, 3) int: shell, plane and slot of every satellite, -1 where unknown."""
+        n = self.size
+        shell = np.zeros(n, int) if self.shell is None else self.shell
+        plane = np.full(n, -1) if self.plane is None else self.plane
+        slot = np.full(n, -1) if self.slot is None else self.slot
+        return np.stack([shell, plane, slot], axis=1).astype(np.int32)
 
     @property
     def size(self) -> int:
@@ -145,7 +155,9 @@ def from_shells(name, shells, epoch_utc: datetime, isl: IslRules = IslRules(), g
 
     epoch_jd = _julian_date(epoch_utc)
     names, satrecs, planes, slots, pairs, offset = [], [], [], [], [], 0
-    for shell in shells:
+    shell_of = []
+    for index, shell in enumerate(shells):
+        shell_of.append(np.full(shell.size, index))
         satrecs += walker_satellites(shell, epoch_jd, first_satnum=offset + 1)
         p, s = np.divmod(np.arange(shell.size), shell.sats_per_plane)
         planes.append(p)
@@ -158,7 +170,7 @@ def from_shells(name, shells, epoch_utc: datetime, isl: IslRules = IslRules(), g
         offset += shell.size
     isl_pairs = np.concatenate(pairs).astype(np.int32) if pairs else _no_pairs()
     return Constellation(name, epoch_utc, tuple(names), tuple(satrecs), isl_pairs, isl, gsl,
-                         np.concatenate(planes), np.concatenate(slots), description)
+                         np.concatenate(planes), np.concatenate(slots), description, np.concatenate(shell_of))
 
 
 def from_tle_file(path, *, isls_path=None, n_planes=None, sats_per_plane=None,

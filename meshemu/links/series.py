@@ -62,6 +62,7 @@ class LinkSeries:
     length_m: np.ndarray  # (T, L) float32, NaN while down (resolution < 1 m)
     positions_m: np.ndarray  # (T, N + G, 3) float32, Earth-fixed (ITRS)
     ut1_equals_utc: bool = False
+    satellite_places: np.ndarray | None = None  # (N, 3) int32: shell, plane, slot; -1 unknown
 
     @property
     def n_steps(self) -> int:
@@ -91,6 +92,14 @@ class LinkSeries:
     def node_index(self, name) -> int:
         """A node's id from its name, or from its id as text."""
         return find_node(self.node_names, name, self.constellation)
+
+    def places(self) -> np.ndarray:
+        """(N, 3) int32: shell, plane and slot of every satellite, -1 where unknown."""
+        if self.satellite_places is None:
+            places = np.full((self.n_satellites, 3), -1, dtype=np.int32)
+            places[:, 0] = 0
+            return places
+        return self.satellite_places
 
     def step_index(self, t_s: float) -> int:
         """The last step at or before ``t_s`` (clamped to the window)."""
@@ -130,7 +139,8 @@ class LinkSeries:
         np.savez_compressed(path, format_version=_FORMAT_VERSION, constellation=self.constellation,
                             epoch_utc=self.epoch_utc, times_s=self.times_s, node_names=np.array(self.node_names),
                             n_satellites=self.n_satellites, links=self.links, length_m=self.length_m,
-                            positions_m=self.positions_m, ut1_equals_utc=self.ut1_equals_utc)
+                            positions_m=self.positions_m, ut1_equals_utc=self.ut1_equals_utc,
+                            satellite_places=self.places())
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
     @classmethod
@@ -142,7 +152,7 @@ class LinkSeries:
                                      "recompute it with 'meshemu topology'", file=path)
                 return cls(str(z["constellation"]), str(z["epoch_utc"]), z["times_s"],
                            tuple(str(n) for n in z["node_names"]), int(z["n_satellites"]), z["links"],
-                           z["length_m"], z["positions_m"], bool(z["ut1_equals_utc"]))
+                           z["length_m"], z["positions_m"], bool(z["ut1_equals_utc"]), z["satellite_places"])
         except (OSError, KeyError, ValueError) as err:
             raise InputError(f"not a meshemu link series ({err})", file=path) from None
 
@@ -204,7 +214,8 @@ def compute_link_series(constellation, stations, grid: TimeGrid, *, progress=Non
         node_names=tuple(c.satellite_names) + tuple(st.name for st in stations), n_satellites=n_sat,
         links=np.concatenate([pairs, gsl_links]).astype(np.int32).reshape(-1, 2),
         length_m=np.concatenate([isl_len, gsl_len], axis=1),
-        positions_m=np.concatenate([sat_pos, gs_pos32], axis=1), ut1_equals_utc=grid.ut1_equals_utc)
+        positions_m=np.concatenate([sat_pos, gs_pos32], axis=1), ut1_equals_utc=grid.ut1_equals_utc,
+        satellite_places=c.places)
 
 
 def _m(km):

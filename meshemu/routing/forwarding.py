@@ -28,13 +28,22 @@ from meshemu.routing.paths import NO_PATH, from_split, sink_id, split_graph
 
 def next_hops(series, k: int, graph=None) -> np.ndarray:
     """The forwarding table of step ``k``: (N + G, N + G) int32, ``[node, destination]``."""
+    return forwarding_state(series, k, graph)[0]
+
+
+def forwarding_state(series, k: int, graph=None) -> tuple[np.ndarray, np.ndarray]:
+    """The forwarding table and the path length between every pair of nodes at step ``k``.
+
+    Returns ``(next_hop, length_m)``, both (N + G, N + G) and indexed
+    ``[node, destination]``; ``length_m`` is inf where there is no path.
+    """
     graph = split_graph(series, k) if graph is None else graph
     nodes = np.arange(series.n_nodes)
     roots = np.array([sink_id(series, d) for d in nodes])
-    _, pred = dijkstra(graph.T.tocsr(), directed=True, indices=roots, return_predecessors=True)
+    dist, pred = dijkstra(graph.T.tocsr(), directed=True, indices=roots, return_predecessors=True)
     hop = pred[:, : series.n_nodes]  # (destination, node): split id of the next hop
     table = np.where(hop == NO_PATH, -1, from_split(series, np.where(hop == NO_PATH, 0, hop)))
-    return np.ascontiguousarray(table.T, dtype=np.int32)
+    return np.ascontiguousarray(table.T, dtype=np.int32), np.ascontiguousarray(dist[:, : series.n_nodes].T)
 
 
 @dataclass(frozen=True)

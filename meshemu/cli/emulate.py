@@ -1,0 +1,221 @@
+"""``meshemu emulate``, ``meshemu probe``, ``meshemu clean`` and ``meshemu bench emulate``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from meshemu.cli.output import add_output_args, write_rows
+from meshemu.cli.scenario import add_scenario_args, load_scenario
+from meshemu.cli.topology import compute_series
+from meshemu.errors import InputError
+
+
+def register(commands, benches):
+    p = commands.add_parser("emulate", help="play a constellation into network namespaces (root)")
+    add_scenario_args(p, duration_s=60.0)
+    _emulation_args(p)
+    p.add_argument("--cli", action="store_true", help="open Mininet's CLI while the constellation moves")
+    p.add_argument("--out", metavar="DIR", help="write per-step records (steps.csv) and run metadata (run.json)")
+    p.set_defaults(run=run_emulate)
+
+    p = commands.add_parser("probe", help="measured RTT on the live mesh beside the link series' RTT (root)")
+    add_scenario_args(p, duration_s=30.0)
+    _emulation_args(p)
+    p.add_argument("--pair", nargs=2, action="append", metavar=("SRC", "DST"),
+                   help="a node pair to probe (repeatable; default: three city pairs with a path)")
+    p.add_argument("--repeat", type=int, default=1, help="probes per pair per step (1)")
+    add_output_args(p)
+    p.set_defaults(run=run_probe)
+
+    p = commands.add_parser("clean", help="remove namespaces, links, rules and processes a run left (root)")
+    p.add_argument("--prefix", default="meshemu", help="namespace prefix (meshemu)")
+    p.set_defaults(run=run_clean)
+
+    p = benches.add_parser("emulate", help="build, step and tear down a full mesh, timed (root)")
+    add_scenario_args(p, duration_s=11.0)
+    _emulation_args(p)
+    p.set_defaults(run=run_bench_emulate, constellation_default="starlink-shell1")
+
+
+def _emulation_args(p):
+    g = p.add_argument_group("emulation")
+    g.add_argument("--shaper", default="auto", choices=("auto", "netem", "delayline", "none"),
+                   help="link delay backend: netem where the kernel has it, else the NFQUEUE delay line (auto)")
+    g.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+                   help="play X times faster than real time (1)")
+    g.add_argument("--rate-mbps", type=float, metavar="MBPS", help="per-link rate limit (netem)")
+    g.add_argument("--loss", type=float, default=0.0, metavar="P", help="per-link loss probability (netem)")
+    g.add_argument("--prefix", default="meshemu", help="namespace prefix (meshemu)")
+
+
+def _emulation(args, series):
+    from meshemu.emulation.emulation import Emulation
+    from meshemu.emulation.shaping import ShapingConfig
+
+    if args.time_scale <= 0:
+        raise InputError(f"--time-scale must be positive, got {args.time_scale}")
+    shaping = ShapingConfig(rate_bps=args.rate_mbps * 1e6 if args.rate_mbps else None, loss=args.loss)
+    return Emulation(series, shaper=args.shaper, prefix=args.prefix, shaping=shaping)
+
+
+def _check_root():
+    from meshemu.emulation.kernel import require_root
+
+    require_root()
+
+
+def run_emulate(args) -> int:
+    from meshemu.emulation.player import Player
+
+    _check_root()
+    scenario = load_scenario(args)
+    series = compute_series(scenario)
+    with _emulation(args, series) as emu:
+        player = Player(emu, time_scale=args.time_scale)
+
+        def show(rec):
+            print(f"meshemu: step {rec.step:4d} t={rec.t_s:8.1f}s  late {rec.late_s * 1e3:7.2f} ms  "
+                  f"apply {rec.apply_s * 1e3:7.2f} ms  links +{rec.link_up}/-{rec.link_down}  "
+                  f"delays {rec.delay_changes}  routes {rec.route_changes}", file=sys.stderr)
+
+        if args.cli:
+            from mininet.cli import CLI
+
+            from meshemu.emulation.nodes import mininet_net
+
+            report = {}
+            thread = threading.Thread(target=lambda: report.setdefault("r", player.play(0, series.n_steps)),
+                                      daemon=True)
+            thread.start()
+            print(f"meshemu: Mininet CLI; hosts are {emu.plan.node_names[0]} .. {emu.plan.node_names[-1]} "
+                  "(e.g. 'Paris ping -U -c3 Tokyo'); the constellation moves meanwhile", file=sys.stderr)
+            CLI(mininet_net(emu))
+            player.stop = True
+            records = report.get("r").records if "r" in report else []
+        else:
+            records = player.play(0, series.n_steps, on_step=show).records
+        from meshemu.emulation.player import PlayReport
+
+        summary = PlayReport(records).summary() if records else {}
+        if summary:
+            print(f"meshemu: {summary['steps']} steps; apply p50 {summary['apply_p50_ms']:.1f} ms, "
+                  f"p99 {summary['apply_p99_ms']:.1f} ms; late p50 {summary['late_p50_ms']:.1f} ms, "
+                  f"p99 {summary['late_p99_ms']:.1f} ms, max {summary['late_max_ms']:.1f} ms", file=sys.stderr)
+        if args.out:
+            _write_run(Path(args.out), args, emu, records, summary)
+    return 0
+
+
+def _write_run(out: Path, args, emu, records, summary) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "steps.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        if records:
+            w.writerow(records[0].as_dict().keys())
+            w.writerows(r.as_dict().values() for r in records)
+    meta = {"capabilities": emu.capabilities.as_dict() if emu.capabilities else None, "shaper": emu.backend,
+            "constellation": emu.series.constellation, "nodes": len(emu.plan.node_names),
+            "links": len(emu.plan.links), "build_s": getattr(emu, "build_s", None), "summary": summary,
+            "arguments": {k: v for k, v in vars(args).items() if k != "run"}}
+    (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(f"meshemu: wrote {out / 'steps.csv'} and {out / 'run.json'}", file=sys.stderr)
+
+
+def run_probe(args) -> int:
+    from meshemu.emulation.player import Player
+    from meshemu.emulation.probe import default_pairs, error_summary, probe_pairs
+
+    _check_root()
+    scenario = load_scenario(args)
+    pairs_named = args.pair or []
+    for a, b in pairs_named:
+        scenario.node(a), scenario.node(b)  # unknown names fail before anything is built
+    series = compute_series(scenario)
+    probes = []
+    with _emulation(args, series) as emu:
+        pairs = [(series.node_index(a), series.node_index(b)) for a, b in pairs_named] or default_pairs(emu)
+        if not pairs:
+            raise InputError("no node pair has a path at the first step: name one with --pair SRC DST")
+        names = ", ".join(f"{emu.plan.node_names[a]}-{emu.plan.node_names[b]}" for a, b in pairs)
+        print(f"meshemu: probing {names} at every step with ping -U", file=sys.stderr)
+
+        def at_step(rec):
+            probes.extend(probe_pairs(emu, pairs, rec.step, rec.t_s, args.repeat))
+
+        Player(emu, time_scale=args.time_scale).play(0, series.n_steps, on_step=at_step)
+        summary = error_summary(probes)
+        backend = emu.backend
+    columns = ("t_s", "src", "dst", "expected_rtt_ms", "measured_rtt_ms", "error_ms", "step")
+    rows = [(p.t_s, p.src, p.dst, round(p.expected_rtt_ms, 3),
+             None if p.measured_rtt_ms is None else round(p.measured_rtt_ms, 3),
+             None if p.error_ms is None else round(p.error_ms, 3), p.step) for p in probes]
+    write_rows(args, columns, rows, title=f"RTT on the live mesh ({backend})")
+    if "median_ms" in summary:
+        print(f"meshemu: {backend}: RTT error median {summary['median_ms']:+.3f} ms, mean {summary['mean_ms']:+.3f} ms, "
+              f"p99 {summary['p99_ms']:+.3f} ms over {summary['probes']} probes, {summary['lost']} lost",
+              file=sys.stderr)
+    else:
+        print(f"meshemu: {backend}: every probe was lost", file=sys.stderr)
+    return 0
+
+
+def run_clean(args) -> int:
+    from meshemu.emulation.clean import clean
+
+    _check_root()
+    done = clean(args.prefix)
+    print(f"meshemu: removed {done['namespaces']} namespaces and stopped {done['processes']} processes",
+          file=sys.stderr)
+    return 0
+
+
+def run_bench_emulate(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from meshemu.emulation.player import Player
+
+    _check_root()
+    if not args.constellation and not args.tles:
+        args.constellation = args.constellation_default
+    scenario = load_scenario(args)
+    series = compute_series(scenario)
+    avail_before = _mem_available_mb()
+    emu = _emulation(args, series)
+    t0 = time.perf_counter()
+    try:
+        emu.start()
+        t1 = time.perf_counter()
+        used_mb = avail_before - _mem_available_mb()
+        routes = int((emu.state(0)[0] != -1).sum())
+        report = Player(emu, time_scale=1e9).play(0, series.n_steps)  # as fast as it goes: apply time alone
+    finally:
+        t2 = time.perf_counter()
+        emu.stop()
+        t3 = time.perf_counter()
+    s = report.summary()
+    table = Table(title=f"bench emulate: {series.constellation}, {len(emu.plan.node_names)} nodes, "
+                        f"{len(emu.plan.links)} links, shaper {emu.backend if emu.backend != 'none' else args.shaper}")
+    table.add_column("what")
+    table.add_column("figure")
+    table.add_row("up: namespaces, links, addresses, shaping, routes", f"{t1 - t0:.1f} s ({routes} routes)")
+    table.add_row("down", f"{t3 - t2:.1f} s")
+    table.add_row("memory (MemAvailable drop while up)", f"{used_mb:.0f} MB")
+    table.add_row(f"apply per step ({s['steps'] - 1} steps of {args.step:g} s)",
+                  f"p50 {s['apply_p50_ms']:.1f} ms, p99 {s['apply_p99_ms']:.1f} ms, max {s['apply_max_ms']:.1f} ms")
+    table.add_row("changes applied", str(s["changes"]))
+    Console().print(table)
+    return 0
+
+
+def _mem_available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

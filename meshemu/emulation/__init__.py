@@ -1,0 +1,1 @@
+"""Emulation: the link series played into network namespaces (the only layer that touches the kernel)."""

@@ -1,0 +1,62 @@
+"""``meshemu clean``: remove what an interrupted run left, and only that.
+
+Everything meshemu makes lives in namespaces named ``<prefix>.<node>``:
+interfaces, addresses, routes, qdiscs and iptables rules go with them.
+Processes are the exception: shells and tools started inside a namespace,
+and the delay-line helper, are found and stopped first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from meshemu.emulation.mesh import existing_namespaces, run_ip_batch
+from meshemu.emulation.naming import DEFAULT_PREFIX
+from meshemu.emulation.netlink import NETNS_RUN_DIR
+
+
+def _pids_in(namespace: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _helper_pids(prefix: str) -> list[int]:
+    """Delay-line helpers of ours (they run in the root namespace)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"meshemu.emulation.delayline" in argv and prefix.encode() in b" ".join(argv):
+            pids.append(int(entry))
+    return pids
+
+
+def clean(prefix: str = DEFAULT_PREFIX) -> dict:
+    """Stop processes in our namespaces and our helpers, then delete the namespaces."""
+    namespaces = existing_namespaces(prefix)
+    pids = sorted({p for ns in namespaces for p in _pids_in(ns)} | set(_helper_pids(prefix)))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            break
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in alive):
+            time.sleep(0.05)
+        pids = [p for p in alive if os.path.exists(f"/proc/{p}")]
+    run_ip_batch([f"netns del {ns}" for ns in namespaces], "removing namespaces")
+    stale = [ns for ns in existing_namespaces(prefix) if not os.path.exists(f"{NETNS_RUN_DIR}/{ns}")]
+    return {"namespaces": len(namespaces), "processes": len(set(pids)), "stale": len(stale)}

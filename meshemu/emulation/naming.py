@@ -1,0 +1,132 @@
+"""Names and addresses a person can read: which node is which, from its name and address alone.
+
+* A satellite of a gridded shell is ``p<plane>s<slot>`` (``p03s12``; with several
+  shells ``a0p03s12``, ``b0p03s12``... by shell letter), else ``sat<id>``; a ground
+  station is its city, letters and digits only (``NewYork``).
+* Each node has one stable address on its loopback: satellites
+  ``10.<100 + shell>.<plane>.<slot + 1>`` (``10.99.<id // 250>.<id % 250 + 1>``
+  without a grid), ground stations ``10.200.<id // 250>.<id % 250 + 1>``.
+* Link ``l`` is the /31 ``172.16.0.0 + 2 l``: its lower node (``links[l, 0]``)
+  takes the even address. Inside a node, the interface to a neighbour is
+  named after that neighbour, so ``ip route`` reads ``... dev p04s12``.
+* Every network namespace is ``<prefix>.<node name>`` (prefix ``meshemu``),
+  which is how ``meshemu clean`` finds what it made.
+
+>>> import numpy as np
+>>> plan = plan_mesh(("x-p00-s00", "x-p00-s01", "Paris"), 2, np.array([[0, 1], [1, 2]]),
+...                  np.array([[0, 0, 0], [0, 0, 1]]))
+>>> plan.node_names, plan.addresses
+(('p00s00', 'p00s01', 'Paris'), ('10.100.0.1', '10.100.0.2', '10.200.0.1'))
+>>> plan.ifname[1], plan.link_address(1)
+(('p00s01', 'Paris'), ('172.16.0.2', '172.16.0.3'))
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshemu.errors import InputError
+
+DEFAULT_PREFIX = "meshemu"
+IFNAMSIZ = 15  # the kernel's limit on interface names, without the NUL
+_LINK_BASE = int(ipaddress.IPv4Address("172.16.0.0"))
+_MAX_LINKS = (1 << 20) // 2  # 172.16.0.0/12 holds 2^20 addresses
+
+
+@dataclass(frozen=True, eq=False)
+class MeshPlan:
+    """Everything the kernel will be told, decided before touching it."""
+
+    prefix: str
+    node_names: tuple[str, ...]  # short names: Mininet host names
+    addresses: tuple[str, ...]  # each node's loopback address
+    links: np.ndarray  # (L, 2) node ids
+    ifname: tuple[tuple[str, str], ...]  # per link: (name inside links[l, 0], name inside links[l, 1])
+    n_satellites: int
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return tuple(f"{self.prefix}.{n}" for n in self.node_names)
+
+    def link_address(self, link: int) -> tuple[str, str]:
+        base = _LINK_BASE + 2 * int(link)
+        return str(ipaddress.IPv4Address(base)), str(ipaddress.IPv4Address(base + 1))
+
+    def link_address_int(self) -> np.ndarray:
+        """(L, 2) uint32 host-order addresses of every link's two ends."""
+        base = _LINK_BASE + 2 * np.arange(len(self.links), dtype=np.uint64)
+        return np.stack([base, base + 1], axis=1).astype(np.uint32)
+
+    def address_int(self) -> np.ndarray:
+        return np.array([int(ipaddress.IPv4Address(a)) for a in self.addresses], dtype=np.uint32)
+
+    def node(self, name) -> int:
+        """A node's id from its short name, its id, or (for cities) its full name."""
+        if str(name).isdigit() and int(name) < len(self.node_names):
+            return int(name)
+        if name in self.node_names:
+            return self.node_names.index(name)
+        short = _city_name(str(name))
+        if short in self.node_names[self.n_satellites:]:
+            return self.n_satellites + self.node_names[self.n_satellites:].index(short)
+        raise InputError(f"unknown node {name!r}: use a host name such as {self.node_names[0]} "
+                         f"or {self.node_names[-1]}")
+
+
+def plan_mesh(full_names, n_satellites: int, links: np.ndarray, places: np.ndarray,
+              prefix: str = DEFAULT_PREFIX) -> MeshPlan:
+    """Short names, addresses and interface names for a mesh (see the module docstring)."""
+    if len(links) > _MAX_LINKS:
+        raise InputError(f"{len(links)} links exceed the {_MAX_LINKS} /31s of 172.16.0.0/12")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,20}", prefix):
+        raise InputError(f"namespace prefix {prefix!r} must be 1-20 letters, digits, '-' or '_'")
+    names, addresses = [], []
+    shells = sorted(set(int(s) for s in places[:, 0])) if n_satellites else []
+    for i in range(n_satellites):
+        shell, plane, slot = (int(v) for v in places[i])
+        if plane >= 0 and slot >= 0 and plane < 256 and slot < 255:
+            letter = f"{chr(ord('a') + shells.index(shell))}0" if len(shells) > 1 else ""
+            names.append(f"{letter}p{plane:02d}s{slot:02d}")
+            addresses.append(f"10.{100 + shell}.{plane}.{slot + 1}")
+        else:
+            names.append(f"sat{i}")
+            addresses.append(f"10.99.{i // 250}.{i % 250 + 1}")
+    for g, full in enumerate(full_names[n_satellites:]):
+        names.append(_city_name(full) or f"gs{g}")
+        addresses.append(f"10.200.{g // 250}.{g % 250 + 1}")
+    names = _unique(names)
+    if len(set(addresses)) != len(addresses):
+        raise InputError("two satellites share a plane and slot: the grid cannot address them")
+    per_node: dict[int, set] = {}
+    ifname = []
+    for a, b in np.asarray(links):
+        ifname.append((_ifname(names[b], per_node.setdefault(int(a), set())),
+                       _ifname(names[a], per_node.setdefault(int(b), set()))))
+    return MeshPlan(prefix, tuple(names), tuple(addresses), np.asarray(links, dtype=np.int32), tuple(ifname),
+                    n_satellites)
+
+
+def _city_name(full: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", full)[:IFNAMSIZ]
+
+
+def _unique(names):
+    seen, out = {}, []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n[:IFNAMSIZ - 3]}_{k}")
+    return out
+
+
+def _ifname(peer: str, taken: set) -> str:
+    name, k = peer[:IFNAMSIZ], 1
+    while name in taken or name == "lo":
+        name = f"{peer[:IFNAMSIZ - 3]}_{k}"
+        k += 1
+    taken.add(name)
+    return name
