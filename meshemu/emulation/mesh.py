@@ -110,6 +110,7 @@ class Mesh:
                 for key, value in (("net/ipv4/ip_forward", "1" if satellite else "0"),  # stations never relay
                                    ("net/ipv6/conf/all/disable_ipv6", "1"),
                                    ("net/ipv6/conf/default/disable_ipv6", "1"),
+                                   ("net/ipv4/icmp_ratelimit", "0"),  # traceroute answers at every step
                                    ("net/ipv4/conf/all/rp_filter", "0"),
                                    ("net/ipv4/conf/default/rp_filter", "0")):
                     with open(f"/proc/sys/{key}", "w") as f:

@@ -107,7 +107,7 @@ _ROUTE = np.dtype([
     ("oif_rta", "<u4"), ("oif", "<i4"),
     ("src_rta", "<u4"), ("src", ">u4"),
 ])
-_DELROUTE = np.dtype(_ROUTE.descr[:15])
+_DELROUTE = np.dtype(_ROUTE.descr[:16])  # through RTA_DST
 
 
 def _rta_word(kind: int, payload_len: int = 4) -> int:

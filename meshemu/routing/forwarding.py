@@ -43,7 +43,10 @@ def forwarding_state(series, k: int, graph=None) -> tuple[np.ndarray, np.ndarray
     dist, pred = dijkstra(graph.T.tocsr(), directed=True, indices=roots, return_predecessors=True)
     hop = pred[:, : series.n_nodes]  # (destination, node): split id of the next hop
     table = np.where(hop == NO_PATH, -1, from_split(series, np.where(hop == NO_PATH, 0, hop)))
-    return np.ascontiguousarray(table.T, dtype=np.int32), np.ascontiguousarray(dist[:, : series.n_nodes].T)
+    length = dist[:, : series.n_nodes]
+    np.fill_diagonal(table, -1)  # a station's own uplink-downlink loop is no route to itself
+    np.fill_diagonal(length, 0.0)
+    return np.ascontiguousarray(table.T, dtype=np.int32), np.ascontiguousarray(length.T)
 
 
 @dataclass(frozen=True)

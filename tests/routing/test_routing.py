@@ -81,6 +81,10 @@ class TestForwarding:
                     assert len(walked) <= demo_series.n_nodes
                 assert length == pytest.approx(route.length_m, abs=ONE_METRE)
 
+    def test_no_node_routes_to_itself(self, demo_series):
+        table, length = __import__("meshemu.routing", fromlist=["x"]).forwarding_state(demo_series, 3)
+        assert (np.diag(table) == -1).all() and (np.diag(length) == 0).all()
+
     def test_changes_between_steps(self, demo_series):
         a, b = next_hops(demo_series, 0), next_hops(demo_series, 59)
         ch = table_changes(a, b)
