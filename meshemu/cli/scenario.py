@@ -42,6 +42,8 @@ def add_scenario_args(parser, *, duration_s: float = 100.0, step_s: float = 1.0)
                      help="a name under topologies/ or a YAML path (default: demo, unless --tles)")
     src.add_argument("--tles", metavar="FILE", help="a TLE file (2-line, 3-line or Hypatia's tles.txt); t = 0 is its epoch")
     src.add_argument("--isls", metavar="FILE", help="ISLs as 'a b' satellite-id pairs per line (Hypatia's isls.txt)")
+    src.add_argument("--grid", metavar="PxS", help="with --tles: the file lists P planes of S satellites, "
+                                                   "plane by plane (otherwise inferred from the elements)")
     src.add_argument("--ground-stations", "-g", metavar="FILE",
                      help="CSV (name,latitude_deg,longitude_deg[,elevation_m]) or Hypatia's ground_stations.txt "
                           "(default: the 100 most populous cities)")
@@ -61,10 +63,16 @@ def add_scenario_args(parser, *, duration_s: float = 100.0, step_s: float = 1.0)
 def load_scenario(args) -> Scenario:
     if args.tles and args.constellation:
         raise InputError("give --constellation or --tles, not both")
-    if args.isls and not args.tles:
-        raise InputError("--isls goes with --tles")
+    if (args.isls or args.grid) and not args.tles:
+        raise InputError("--isls and --grid go with --tles")
     if args.tles:
-        constellation = from_tle_file(args.tles, isls_path=args.isls)
+        planes = per_plane = None
+        if args.grid:
+            try:
+                planes, per_plane = (int(v) for v in args.grid.lower().split("x"))
+            except ValueError:
+                raise InputError(f"--grid {args.grid!r}: write planes x satellites per plane, e.g. 72x22") from None
+        constellation = from_tle_file(args.tles, isls_path=args.isls, n_planes=planes, sats_per_plane=per_plane)
     else:
         constellation = load_constellation(args.constellation or "demo")
     gsl = constellation.gsl

@@ -103,6 +103,14 @@ def test_grid_is_inferred_from_a_plain_tle_file(tmp_path):
     assert got == want
 
 
+def test_grid_given_on_the_command_line(tmp_path, capsys):
+    three_line_tles(tmp_path / "w.tle")
+    code, out, _ = run(capsys, "rtt", "--tles", str(tmp_path / "w.tle"), "--grid", "5x10", "--from", "0",
+                       "--to", "5", "--duration", "1", "--format", "csv")
+    row = next(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and row["path"].split()[0] == "0" and int(row["hops"]) >= 2
+
+
 class TestBadInput:
     def one_line_error(self, capsys, *argv, expect):
         code, out, err = run(capsys, *argv)
@@ -155,6 +163,11 @@ class TestBadInput:
                      "    altitude_km: 550\n    inclination_deg: 53\n")
         self.one_line_error(capsys, "rtt", "-c", str(y), "--from", "0", "--to", "1",
                             expect=["t.yaml", "shells[0].planes", "integer"])
+
+    def test_grid_that_does_not_fit(self, capsys, tmp_path):
+        three_line_tles(tmp_path / "w.tle")
+        self.one_line_error(capsys, "rtt", "--tles", str(tmp_path / "w.tle"), "--grid", "7x7", "--from", "0",
+                            "--to", "1", expect=["7 x 7", "50 satellites"])
 
     def test_unknown_constellation(self, capsys):
         self.one_line_error(capsys, "rtt", "-c", "nosuch", "--from", "0", "--to", "1", expect=["nosuch", "demo"])
