@@ -94,9 +94,12 @@ def run_emulate(args) -> int:
             thread.start()
             print(f"meshemu: Mininet CLI; hosts are {emu.plan.node_names[0]} .. {emu.plan.node_names[-1]} "
                   "(e.g. 'Paris ping -U -c3 Tokyo'); the constellation moves meanwhile", file=sys.stderr)
-            CLI(mininet_net(emu))
-            player.stop = True
-            records = report.get("r").records if "r" in report else []
+            try:
+                CLI(mininet_net(emu))
+            finally:
+                player.stop()
+                thread.join()
+            records = report["r"].records if "r" in report else []
         else:
             records = player.play(0, series.n_steps, on_step=show).records
         from meshemu.emulation.player import PlayReport

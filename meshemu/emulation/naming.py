@@ -18,7 +18,7 @@
 >>> plan.node_names, plan.addresses
 (('p00s00', 'p00s01', 'Paris'), ('10.100.0.1', '10.100.0.2', '10.200.0.1'))
 >>> plan.ifname[1], plan.link_address(1)
-(('p00s01', 'Paris'), ('172.16.0.2', '172.16.0.3'))
+(('Paris', 'p00s01'), ('172.16.0.2', '172.16.0.3'))
 """
 
 from __future__ import annotations

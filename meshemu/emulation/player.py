@@ -10,6 +10,7 @@ late, and counted so.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -53,10 +54,16 @@ class PlayReport:
 class Player:
     """Plays ``emulation`` from ``first_step`` for ``n_steps`` steps at ``time_scale`` x real time."""
 
-    def __init__(self, emulation, *, time_scale: float = 1.0, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, emulation, *, time_scale: float = 1.0, clock=time.monotonic, sleep=None):
         if time_scale <= 0:
             raise ValueError(f"time scale must be positive, got {time_scale}")
-        self.emu, self.time_scale, self.clock, self.sleep = emulation, time_scale, clock, sleep
+        self._stop = threading.Event()
+        self.emu, self.time_scale, self.clock = emulation, time_scale, clock
+        self.sleep = sleep or self._stop.wait  # a sleep that stop() cuts short
+
+    def stop(self) -> None:
+        """Ask a ``play`` running in another thread to return after the step in hand."""
+        self._stop.set()
 
     def play(self, first_step: int, n_steps: int, on_step=None) -> PlayReport:
         """Apply steps ``first_step + 1 ..`` on schedule (``first_step`` is what the emulation started at).
@@ -77,6 +84,8 @@ class Player:
             wait = due - (self.clock() - start)
             if wait > 0:
                 self.sleep(wait)
+            if self._stop.is_set():
+                break
             applied = self.clock() - start
             ch = self.emu.apply_step(k)
             rec = StepRecord(k, float(series.times_s[k]), due, applied, ch.apply_s, applied - due,
