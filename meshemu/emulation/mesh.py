@@ -49,6 +49,18 @@ def existing_namespaces(prefix: str) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name.startswith(prefix + "."))
 
 
+def check_namespace_limit(wanted: int, limit_file: str = "/proc/sys/user/max_net_namespaces") -> None:
+    """Refuse, before making anything, a mesh larger than the kernel allows."""
+    try:
+        limit = int(Path(limit_file).read_text())
+    except (OSError, ValueError):
+        return
+    in_use = len(list(Path("/proc").glob("[0-9]*/ns/net")))  # an upper bound is enough here
+    if wanted > limit:
+        raise CapabilityError(f"{wanted} nodes need {wanted} network namespaces but the kernel allows {limit}: "
+                              f"raise it with 'sysctl -w user.max_net_namespaces={wanted + in_use + 64}'")
+
+
 def mac_of(link: int, end: int) -> bytes:
     """Locally administered, unique per link end: 02:LL:LL:LL:LL:0E."""
     return bytes([0x02]) + int(link).to_bytes(4, "big") + bytes([end])
@@ -78,6 +90,7 @@ class Mesh:
         if leftovers:
             raise MeshemuError(f"{len(leftovers)} namespaces of an earlier run exist (e.g. {leftovers[0]}): "
                                f"run 'meshemu clean' first")
+        check_namespace_limit(len(plan.node_names))
         nl.raise_fd_limit(len(plan.node_names) + 1024)
         self._built = True  # from here on, destroy() has something to undo
         run_ip_batch([f"netns add {ns}" for ns in plan.namespaces], "creating namespaces")
