@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class MeshPlan:
     ifname: tuple[tuple[str, str], ...]  # per link: (name inside links[l, 0], name inside links[l, 1])
     n_satellites: int
 
-    @property
+    @cached_property
     def namespaces(self) -> tuple[str, ...]:
         return tuple(f"{self.prefix}.{n}" for n in self.node_names)
 
