@@ -31,13 +31,18 @@ import yaml
 from meshemu.errors import InputError
 
 
+def read_text(path) -> str:
+    """A user's input file as text; an unreadable one is an InputError naming it."""
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror}", file=path) from None
+
+
 def load_yaml(path) -> dict:
     """Read a YAML file whose top level is a mapping; errors name the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror}", file=path) from None
+    text = read_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

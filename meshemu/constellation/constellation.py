@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from meshemu.config import from_mapping, load_yaml
+from meshemu.config import from_mapping, load_yaml, read_text
 from meshemu.constellation.propagate import parse_utc
 from meshemu.constellation.shell import Shell, walker_satellites
 from meshemu.constellation.tle import read_tles
@@ -210,10 +210,7 @@ def from_tle_file(path, *, isls_path=None, n_planes=None, sats_per_plane=None,
 
 def read_isl_pairs(path, n_satellites: int) -> np.ndarray:
     """Hypatia's ``isls.txt``: one ``a b`` pair of satellite ids per line."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror}", file=path) from None
+    lines = read_text(path).splitlines()
     pairs = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():

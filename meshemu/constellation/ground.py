@@ -16,10 +16,10 @@ import csv
 import io
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
+from meshemu.config import read_text
 from meshemu.constants import EARTH_EQUATORIAL_RADIUS_M, WGS84_FLATTENING
 from meshemu.errors import InputError
 
@@ -39,12 +39,7 @@ def default_ground_stations() -> tuple[GroundStation, ...]:
 
 
 def read_ground_stations(path) -> tuple[GroundStation, ...]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror}", file=path) from None
-    return parse_ground_stations(text, str(path))
+    return parse_ground_stations(read_text(path), str(path))
 
 
 def parse_ground_stations(text: str, source: str = "<memory>") -> tuple[GroundStation, ...]:

@@ -13,10 +13,10 @@ catalogues serve, and Hypatia's ``tles.txt`` whose first line is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from sgp4.api import Satrec
 
+from meshemu.config import read_text
 from meshemu.errors import InputError
 
 TLE_LINE_LENGTH = 69
@@ -112,12 +112,7 @@ def parse_tles(text: str, source: str = "<memory>") -> TleFile:
 
 
 def read_tles(path) -> TleFile:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror}", file=path) from None
-    return parse_tles(text, str(path))
+    return parse_tles(read_text(path), str(path))
 
 
 def _is_grid_header(line: str) -> bool:
