@@ -1,6 +1,5 @@
 """Fixtures shared across layers: small scenarios and Hypatia-format input files."""
 
-import numpy as np
 import pytest
 
 from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation

@@ -76,7 +76,7 @@ def error_summary(probes) -> dict:
 
 def default_pairs(emulation, count: int = 3) -> list[tuple[int, int]]:
     """Ground-station pairs with a path now, the most populous first (or satellites if no stations)."""
-    s, plan = emulation.series, emulation.plan
+    s = emulation.series
     _, length = emulation.state(emulation.step)
     nodes = list(range(s.n_satellites, s.n_nodes)) or list(range(s.n_satellites))
     pairs = []

@@ -9,7 +9,6 @@ import pytest
 
 from meshemu.cli import main
 from meshemu.constellation import Shell, from_tle_file
-from meshemu.constellation.shell import walker_satellites
 from meshemu.constellation.tle import format_tle
 from meshemu.links.isl import plus_grid_pairs
 

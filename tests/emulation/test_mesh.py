@@ -3,7 +3,6 @@
 import os
 import subprocess
 
-import numpy as np
 import pytest
 
 from meshemu.emulation.emulation import Emulation
@@ -69,7 +68,7 @@ class TestSquare:
             routes = h.cmd("ip route show proto 44")
             assert "10.200.0.2 via 172.16.0.1 dev p00s01" in routes  # Beta via satellite 1
         assert not existing_namespaces(prefix)
-        assert subprocess.run(["pgrep", "-f", f"mininet:p00s00"], capture_output=True).returncode != 0
+        assert subprocess.run(["pgrep", "-f", "mininet:p00s00"], capture_output=True).returncode != 0
 
 
 class TestCleanup:
