@@ -1,0 +1,1 @@
+"""Experiments: declarative specs, a runner, results, plots and reports."""

@@ -1,0 +1,155 @@
+"""An experiment, declared: one YAML file under ``experiments/``, validated into frozen dataclasses.
+
+Unknown keys and wrong types are errors that name the file and the key.
+A ``sweep`` runs the experiment once per value of one field.
+
+>>> spec = ExperimentSpec(name="x", constellation="demo")
+>>> [s.parallelism.tp for s in expand(replace(spec, sweep=Sweep("parallelism.tp", (1, 3))))]
+[1, 3]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from meshemu.config import from_mapping, load_yaml
+from meshemu.errors import InputError
+
+
+@dataclass(frozen=True)
+class Window:
+    start_s: float = 0.0
+    duration_s: float = 60.0
+    step_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Shaping:
+    backend: Literal["auto", "netem", "delayline", "none"] = "auto"
+    rate_mbps: float | None = None
+    loss: float = 0.0
+
+
+@dataclass(frozen=True)
+class Model:
+    source: str = "default"  # 'default' (SmolLM2-135M), a .gguf file, an HF directory, or a preset name
+    compute: str = "real"  # 'real' numpy, or a device model such as 'h100'
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    tp: int = 1
+    pp: int = 1
+    allreduce: Literal["ring", "direct"] = "ring"
+
+    def __post_init__(self):
+        if self.tp < 1 or self.pp < 1:
+            raise ValueError(f"tp and pp must be at least 1, got tp={self.tp}, pp={self.pp}")
+
+    @property
+    def label(self) -> str:
+        return f"tp{self.tp}-pp{self.pp}" + (f"-{self.allreduce}" if self.tp > 1 else "")
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompts: tuple[str, ...] = ("What is the capital of France?",)
+    requests: int = 1  # prompts are cycled to make this many
+    max_new_tokens: int = 16
+    concurrency: int = 1  # requests in flight together (micro-batched by a pipeline)
+    gap_s: float = 0.0  # pause between batches, to let the constellation move
+    chat_template: bool = True
+
+    def __post_init__(self):
+        if not self.prompts:
+            raise ValueError("workload.prompts is empty")
+        if self.requests < 1 or self.max_new_tokens < 1 or self.concurrency < 1:
+            raise ValueError("workload.requests, max_new_tokens and concurrency must be at least 1")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    field: str  # a dotted path such as parallelism.tp
+    values: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    description: str = ""
+    constellation: str = "demo"
+    ground_stations: str | None = None  # a file; default: the 100 cities
+    window: Window = Window()
+    time_scale: float = 1.0
+    shaping: Shaping = Shaping()
+    ground_station: str = "Paris"  # where the client sits
+    model: Model = Model()
+    parallelism: Parallelism = Parallelism()
+    placement: str = "plane"
+    workload: Workload = Workload()
+    probes: tuple[tuple[str, ...], ...] = ()  # extra node pairs whose RTT is measured every step
+    seed: int = 0
+    sweep: Sweep | None = None
+    source: str = field(default="", compare=False)  # the file it came from
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+def load_experiment(path) -> ExperimentSpec:
+    """Read and validate an experiment file; relative paths in it are relative to the file."""
+    path = Path(path)
+    spec = from_mapping(ExperimentSpec, load_yaml(path), file=path)
+    for pair in spec.probes:
+        if len(pair) != 2:
+            raise InputError(f"each probe is a pair [SRC, DST], got {list(pair)}", file=path, field="probes")
+    if spec.sweep is not None:
+        if not spec.sweep.values:
+            raise InputError("a sweep needs at least one value", file=path, field="sweep.values")
+        _check_field(spec, spec.sweep.field, path)
+    return replace(spec, source=str(path))
+
+
+def _check_field(spec, dotted: str, path) -> None:
+    obj = spec
+    for part in dotted.split("."):
+        if not is_dataclass(obj) or part not in {f.name for f in fields(obj)} or part in ("sweep", "name"):
+            raise InputError(f"cannot sweep {dotted!r}: no such field", file=path, field="sweep.field")
+        obj = getattr(obj, part)
+
+
+def set_field(spec, dotted: str, value):
+    """A copy of ``spec`` with the dotted field set (validated as if read from YAML)."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        current = {f.name: getattr(spec, f.name) for f in fields(spec) if f.init}
+        return from_mapping(type(spec), {**_plain(current), head: value})
+    return replace(spec, **{head: set_field(getattr(spec, head), rest, value)})
+
+
+def expand(spec: ExperimentSpec) -> list[ExperimentSpec]:
+    """One spec per sweep value (the spec itself when there is no sweep), each named after its value."""
+    if spec.sweep is None:
+        return [spec]
+    out = []
+    for value in spec.sweep.values:
+        one = set_field(replace(spec, sweep=None), spec.sweep.field, value)
+        out.append(replace(one, name=f"{spec.name}-{spec.sweep.field.split('.')[-1]}{value}", source=spec.source))
+    return out
+
+
+def _plain(obj):
+    """Dataclass values back to YAML-like data."""
+    if is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj) if f.init}
+    if isinstance(obj, tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def as_dict(spec: ExperimentSpec) -> dict:
+    """The resolved config, as written next to the results."""
+    return _plain(spec)
