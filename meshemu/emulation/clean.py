@@ -3,7 +3,8 @@
 Everything meshemu makes lives in namespaces named ``<prefix>.<node>``:
 interfaces, addresses, routes, qdiscs and iptables rules go with them.
 Processes are the exception: shells and tools started inside a namespace,
-and the delay-line helper, are found and stopped first.
+and the delay-line helper, are found and stopped first; a helper killed
+before it could clean up leaves a shared-memory block, removed last.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from meshemu.emulation.mesh import existing_namespaces, run_ip_batch
 from meshemu.emulation.naming import DEFAULT_PREFIX
@@ -34,9 +36,21 @@ def _helper_pids(prefix: str) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"meshemu.emulation.delayline" in argv and prefix.encode() in b" ".join(argv):
-            pids.append(int(entry))
+        if b"meshemu.emulation.delayline" in argv and b"--namespaces" in argv:
+            tag = argv[argv.index(b"--namespaces") + 1] if argv.index(b"--namespaces") + 1 < len(argv) else b""
+            if tag == prefix.encode() or tag.startswith(prefix.encode() + b"."):
+                pids.append(int(entry))
     return pids
+
+
+def _stale_shared_memory() -> list[Path]:
+    """Delay-matrix blocks (``/dev/shm/meshemu-dl-<pid>-*``) whose owner is gone."""
+    stale = []
+    for block in Path("/dev/shm").glob("meshemu-dl-*"):
+        parts = block.name.split("-")
+        if len(parts) >= 3 and parts[2].isdigit() and not os.path.exists(f"/proc/{parts[2]}"):
+            stale.append(block)
+    return stale
 
 
 def clean(prefix: str = DEFAULT_PREFIX) -> dict:
@@ -58,5 +72,7 @@ def clean(prefix: str = DEFAULT_PREFIX) -> dict:
             time.sleep(0.05)
         pids = [p for p in alive if os.path.exists(f"/proc/{p}")]
     run_ip_batch([f"netns del {ns}" for ns in namespaces], "removing namespaces")
+    for block in _stale_shared_memory():
+        block.unlink(missing_ok=True)
     stale = [ns for ns in existing_namespaces(prefix) if not os.path.exists(f"{NETNS_RUN_DIR}/{ns}")]
     return {"namespaces": len(namespaces), "processes": len(set(pids)), "stale": len(stale)}

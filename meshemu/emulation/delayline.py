@@ -30,10 +30,15 @@ Timing, measured on a 2-core VM that wakes late from sleeps: the arrival time
 is the kernel's receive timestamp (``NFQA_TIMESTAMP``, forced on by a socket
 with ``SO_TIMESTAMP``), so how late the daemon wakes to *read* a packet does
 not count. The daemon sleeps on a ``timerfd`` until ``spin`` before the next
-deadline, then busy-waits to it, and runs under ``SCHED_FIFO`` when allowed
-so that other processes on the 2 cores do not delay a release. Within one
-(source, destination) pair packets leave in order (a delay that drops lets the
-queued packets drain first, as a FIFO link would).
+deadline, then busy-waits to it, and runs under ``SCHED_FIFO`` so that other
+processes on the 2 cores do not delay a release. A governor looks at the
+daemon's CPU use every 50 ms: it busy-waits only while otherwise mostly idle
+(an idle vCPU wakes late, a busy one on time) and for at most a quarter of
+the time, and it leaves ``SCHED_FIFO`` while its real work nears a whole CPU
+(the kernel would otherwise stop every real-time task for 50 ms of each
+second). Idle, the daemon costs no CPU (one wake-up a second) and ~30 MB.
+Within one (source, destination) pair packets leave in order (a delay that
+drops lets the queued packets drain first, as a FIFO link would).
 
 Pure Python + numpy, the standard library's ``socket``/``select``/``ctypes``:
 no libnetfilter_queue.
@@ -41,9 +46,9 @@ no libnetfilter_queue.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import ctypes
+import gc
 import heapq
 import ipaddress
 import json
@@ -57,11 +62,20 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
+from meshemu.emulation.netlink import (
+    _HDR,
+    CLONE_NEWNET,
+    NETNS_RUN_DIR,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    attr,
+)
 from meshemu.errors import CapabilityError, InputError, MeshemuError
 
 # ---------------------------------------------------------------------------
@@ -73,11 +87,6 @@ NETLINK_NO_ENOBUFS = 5
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 SO_TIMESTAMP = 29
-CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = "/run/netns"
-
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = (NFNL_SUBSYS_QUEUE << 8) | 0
 NFQNL_MSG_VERDICT = (NFNL_SUBSYS_QUEUE << 8) | 1
@@ -91,13 +100,20 @@ NFQNL_COPY_PACKET = 2
 NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_CONNTRACK, NFQA_CFG_F_GSO = 0x1, 0x2, 0x4
 NF_ACCEPT = 1
 
-_NLHDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_NLHDR = _HDR  # nlmsghdr: len, type, flags, seq, pid
 _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big-endian, packed by hand)
 _NLA = struct.Struct("=HH")
 
 COPY_RANGE = 20  # bytes of the packet copied to userspace: the IPv4 header without options
 DEFAULT_QUEUE_MAXLEN = 65536
 DEFAULT_RCVBUF = 8 << 20
+# Measured on a 2-core VM (experiments/bench_delayline.py): with no calibration the median RTT error is
+# ~0.1-0.15 ms above the no-delay-line baseline of the same probe (release -> reinject -> receiver wake-up,
+# per traversal ~50-75 us); 50 us per traversal brings the median to that baseline.
+DEFAULT_CALIBRATION_S = 50e-6
+# Timer wake-ups here are ~60 us late at p50 and 0.1-1 ms at p90-p99: wake this early, then busy-wait.
+DEFAULT_SPIN_S = 300e-6
+DEFAULT_SPIN_SHARE = 0.25  # at most this share of the time busy-waiting (of one CPU)
 
 # ---------------------------------------------------------------------------
 # shared-memory block layout (little-endian int64 / float64)
@@ -120,9 +136,13 @@ _STAT_FIELDS = (
     "spins",              # iterations that busy-waited to a deadline
     "timestamp_fallback", # packets without a usable kernel timestamp (arrival = read time)
     "late_1ms",           # packets released more than 1 ms after their deadline
-    "kernel_queue_dropped",  # reserved
+    "edt_timestamp",      # packets stamped with a TCP departure time (monotonic) instead of a receive time
     "delay_updates_seen",  # matrix versions the daemon has switched to
     "realtime",           # 1 when the daemon runs under SCHED_FIFO
+    "spin_off_windows",   # 50 ms windows without busy-waiting (the daemon was busy, or spun its share)
+    "rt_demotions",       # times the daemon left SCHED_FIFO because its work neared a whole CPU
+    "non_rt_windows",     # 50 ms windows spent out of SCHED_FIFO for that reason
+    "cpu_work_pct",       # the daemon's CPU use in the last window, busy-waiting excluded (percent)
 )
 _W_STATS = 16  # first stats word
 _S = {name: _W_STATS + k for k, name in enumerate(_STAT_FIELDS)}
@@ -231,16 +251,27 @@ class DelayMatrixWriter:
         self._mats = self._block.matrices(self.n)
         self.name = name
 
-    def write(self, delay_s: np.ndarray) -> int:
-        """Install ``delay_s`` ((N, N) seconds, finite, >= 0); returns its sequence number."""
-        d = np.asarray(delay_s, dtype=np.float64)
+    def write(self, delay_s: np.ndarray, *, zero_diagonal: bool = False) -> int:
+        """Install ``delay_s`` ((N, N) seconds, finite, >= 0); returns its sequence number.
+
+        One copy straight into the inactive buffer and two reductions to check
+        it (~6 ms for N = 1,600 here); nothing changes if the check fails.
+        """
+        d = np.asarray(delay_s)
         if d.shape != (self.n, self.n):
             raise InputError(f"delay matrix has shape {d.shape}, expected ({self.n}, {self.n})")
-        if not np.all(np.isfinite(d)) or (d < 0).any():
-            raise InputError("delay matrix must hold finite, non-negative seconds")
         w = self._block.words
         inactive = 1 - int(w[_W_ACTIVE])
-        self._mats[inactive] = d
+        buf = self._mats[inactive]
+        try:
+            np.copyto(buf, d, casting="same_kind")
+        except TypeError:
+            raise InputError(f"delay matrix must hold numbers, not {d.dtype}") from None
+        if zero_diagonal:
+            np.fill_diagonal(buf, 0.0)
+        lo, hi = buf.min(), buf.max()  # NaN fails both tests below
+        if not (lo >= 0.0 and hi < np.inf):
+            raise InputError("delay matrix must hold finite, non-negative seconds")
         w[_W_ACTIVE] = inactive  # x86-64 keeps stores in order: the buffer is complete before the flip
         seq = int(w[_W_SEQ]) + 1
         w[_W_SEQ] = seq
@@ -334,6 +365,7 @@ class _Config:
     shm: str
     calibration_ns: int
     spin_ns: int
+    spin_share: float
     realtime: bool
     keep_order: bool
     rcvbuf: int
@@ -349,16 +381,21 @@ class DelayLine:
     :func:`iptables_rules` ``(addresses[i], queue_num)`` in each namespace
     (before or after :meth:`start`). ``calibration_s`` releases every packet
     that much before its deadline (a measured constant overhead after the
-    release). ``spin_s``: wake that long before a deadline and busy-wait to it.
-    ``realtime``: run the daemon under ``SCHED_FIFO`` if allowed.
+    release). ``spin_s``: wake that long before a deadline and busy-wait to it,
+    for at most ``spin_share`` of the time (and not while the daemon is busy
+    anyway). ``realtime``: run the daemon under ``SCHED_FIFO`` if allowed.
+    ``keep_order``: packets of one (source, destination) pair leave in
+    arrival order even when the delay drops. ``use_kernel_timestamp``: take
+    the arrival time from the kernel (off: from when the daemon reads it).
 
     ``start()`` returns once every queue is bound; until :meth:`set_delays`
     is called all delays are 0.
     """
 
     def __init__(self, namespaces: Sequence[str], addresses: Sequence[str], queue_num: int = 0,
-                 calibration_s: float = 0.0, *, spin_s: float = 300e-6, realtime: bool = True,
-                 keep_order: bool = True, rcvbuf: int = DEFAULT_RCVBUF,
+                 calibration_s: float = DEFAULT_CALIBRATION_S, *, spin_s: float = DEFAULT_SPIN_S,
+                 spin_share: float = DEFAULT_SPIN_SHARE,
+                 realtime: bool = True, keep_order: bool = True, rcvbuf: int = DEFAULT_RCVBUF,
                  queue_maxlen: int = DEFAULT_QUEUE_MAXLEN, use_kernel_timestamp: bool = True,
                  start_timeout_s: float | None = None):
         namespaces, addresses = list(namespaces), list(addresses)
@@ -376,6 +413,9 @@ class DelayLine:
                 raise InputError(f"bad namespace name {ns!r}")
         if not (np.isfinite(calibration_s) and np.isfinite(spin_s) and spin_s >= 0):
             raise InputError("calibration_s and spin_s must be finite (spin_s >= 0)")
+        if not 0.0 <= spin_share <= 0.9:
+            raise InputError("spin_share must be within 0-0.9 (a real-time task spinning more is throttled)")
+        self.spin_share = float(spin_share)
         self.namespaces, self.addresses = namespaces, addresses
         self.n = len(namespaces)
         self.queue_num = _check_queue(queue_num)
@@ -391,7 +431,7 @@ class DelayLine:
         self._finalizer = None
 
     # -- lifecycle --
-    def start(self) -> "DelayLine":
+    def start(self) -> DelayLine:
         if self._proc is not None:
             raise MeshemuError("delay line already started")
         if os.geteuid() != 0:
@@ -411,13 +451,16 @@ class DelayLine:
         w[_W_MAGIC] = _MAGIC
         self._writer = DelayMatrixWriter(self.shm_name, _block=self._block)
         cfg = _Config(self.namespaces, self.addresses, self.queue_num, self.shm_name,
-                      int(round(self.calibration_s * 1e9)), int(round(self.spin_s * 1e9)), self.realtime,
+                      round(self.calibration_s * 1e9), round(self.spin_s * 1e9), self.spin_share, self.realtime,
                       self.keep_order, self.rcvbuf, self.queue_maxlen, self.use_kernel_timestamp)
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "meshemu.emulation.delayline"],
+            # the arguments are only labels for ps / `meshemu clean` (the config comes on stdin)
+            tag = os.path.commonprefix(self.namespaces) or self.namespaces[0]
+            self._proc = subprocess.Popen([sys.executable, "-m", "meshemu.emulation.delayline",
+                                           "--shm", self.shm_name, "--namespaces", tag],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                           cwd="/", start_new_session=True)
         except OSError as e:
@@ -433,22 +476,25 @@ class DelayLine:
         except BaseException:
             self.stop()
             raise
-        if line.startswith("READY"):
+        if line and line.startswith("READY"):
             return self
         self.stop()
-        if line.startswith("ERROR "):
+        if line and line.startswith("ERROR "):
             _, kind, msg = line.rstrip("\n").split(" ", 2)
             raise (InputError if kind == "InputError" else CapabilityError)(msg)
-        if not line:
+        if line is None:
             raise CapabilityError(f"the delay-line process did not get ready in {self.start_timeout_s:.0f} s")
+        if not line:
+            raise CapabilityError("the delay-line process exited during start-up (its error output is above)")
         raise CapabilityError(f"the delay-line process failed: {line.strip()}")
 
     def stop(self) -> None:
         """Stop the daemon (it accepts every held packet first) and unlink the shared memory. Idempotent."""
         if self._finalizer is not None:
-            self._finalizer()  # runs _terminate once
+            self._finalizer()  # runs _terminate once (also at garbage collection and interpreter exit)
             self._finalizer = None
         self._cleanup()
+        self._proc = None
 
     def _cleanup(self):
         if self._writer is not None:
@@ -468,6 +514,7 @@ class DelayLine:
 
     @property
     def pid(self) -> int | None:
+        """The daemon's pid while started."""
         return self._proc.pid if self._proc is not None else None
 
     def running(self) -> bool:
@@ -477,15 +524,16 @@ class DelayLine:
     def set_delays(self, delay_s: np.ndarray) -> int:
         """Replace the whole (N, N) one-way path delay matrix (seconds); returns its sequence number.
 
-        Costs a copy of the matrix (~1 ms at N=1584 is 20 MB: ~5 ms); packets
-        arriving after the call get the new delays, held packets keep theirs.
+        The diagonal is taken as 0. Costs one copy of the matrix (0.25 ms at
+        N = 500, ~6 ms at N = 1,600 here); packets arriving after the call get
+        the new delays, held packets keep theirs.
         """
         if self._writer is None:
             raise MeshemuError("delay line not started")
-        d = np.array(delay_s, dtype=np.float64, copy=True)
-        if d.shape == (self.n, self.n):
-            np.fill_diagonal(d, 0.0)
-        return self._writer.write(d)
+        code = self._proc.poll()  # one waitpid: a dead daemon must not go unnoticed
+        if code is not None:
+            raise CapabilityError(f"the delay-line process (pid {self._proc.pid}) exited with status {code}")
+        return self._writer.write(delay_s, zero_diagonal=True)
 
     def delays(self) -> np.ndarray:
         if self._writer is None:
@@ -502,14 +550,14 @@ class DelayLine:
         if self._block is None:
             raise MeshemuError("delay line not started")
         w = self._block.words
-        out = {name: int(w[_S[name]]) for name in _STAT_FIELDS if name != "kernel_queue_dropped"}
+        out = {name: int(w[_S[name]]) for name in _STAT_FIELDS}
         out["realtime"] = bool(out["realtime"])
         out["delay_seq"] = int(w[_W_SEQ])
         out["delay_seq_seen"] = int(w[_W_SEEN_SEQ])
         late, lag = self._block.histograms()
         out["lateness_us"] = _percentiles(late.copy())
         out["read_lag_us"] = _percentiles(lag.copy())
-        out["alive"] = self._proc is not None and self._proc.poll() is None
+        out["alive"] = self.running()
         return out
 
     def reset_stats(self) -> None:
@@ -535,18 +583,18 @@ def _percentiles(hist: np.ndarray) -> dict:
     return out
 
 
-def _read_line(pipe, timeout_s: float) -> str:
-    """One line from the child's stdout, or '' on timeout/EOF."""
+def _read_line(pipe, timeout_s: float) -> str | None:
+    """One line from the child's stdout; '' at end of file, None on timeout."""
     deadline = time.monotonic() + timeout_s
     fd = pipe.fileno()
     buf = b""
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0:
-            return ""
+            return None
         r, _, _ = select.select([fd], [], [], left)
         if not r:
-            return ""
+            return None
         chunk = os.read(fd, 4096)
         if not chunk:
             break
@@ -637,9 +685,7 @@ def _nl_msg(mtype: int, flags: int, seq: int, res_id: int, attrs: bytes, family:
     return _NLHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
 
 
-def _nla(atype: int, payload: bytes) -> bytes:
-    out = _NLA.pack(4 + len(payload), atype) + payload
-    return out + b"\0" * ((-len(out)) % 4)
+_nla = attr  # one rtattr/nlattr, padded to 4 bytes
 
 
 def config_messages(queue_num: int, *, copy_range: int = COPY_RANGE, maxlen: int = DEFAULT_QUEUE_MAXLEN,
@@ -647,7 +693,7 @@ def config_messages(queue_num: int, *, copy_range: int = COPY_RANGE, maxlen: int
     """The two config requests that bind ``queue_num`` for AF_INET and set it up (each asks for an ack).
 
     >>> [len(m) for m in config_messages(0)]
-    [28, 60]
+    [28, 56]
     """
     bind = _nl_msg(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, queue_num,
                    _nla(NFQA_CFG_CMD, struct.pack("!BBH", NFQNL_CFG_CMD_BIND, 0, socket.AF_INET)))
@@ -668,6 +714,63 @@ def verdict_message(queue_num: int, packet_id: int, *, batch: bool = False, seq:
     """
     return _nl_msg(NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT, NLM_F_REQUEST, seq, queue_num,
                    _nla(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet_id)))
+
+
+_READ_BUDGET = 256  # messages read from one socket per loop iteration, so that releases interleave
+_WINDOW_NS = 50_000_000  # the CPU governor's window
+_SPIN_MAX_WORK = 0.25    # no busy-waiting in a window after one with more work than this (a CPU share)
+_RT_LEAVE, _RT_RETURN = 0.85, 0.5  # leave SCHED_FIFO above this much work, return below that
+
+
+class _VerdictBook:
+    """One queue's held packets in kernel order, and the verdicts that release some of them.
+
+    The kernel's batch verdict accepts every queued packet with an id up to a
+    given one, so a released *prefix* of the queue costs one message; packets
+    released ahead of an older one (a shorter path to the same node) get single
+    verdicts and are remembered until the prefix passes them.
+
+    >>> b = _VerdictBook(0)
+    >>> b.out.extend([1, 2, 3, 4])
+    >>> msg, ooo = b.verdicts([1, 2, 4]); len(msg), ooo   # batch up to 2, single for 4
+    (64, 1)
+    >>> msg, ooo = b.verdicts([3]); len(msg), ooo, list(b.out)   # batch up to 3 (4 already gone)
+    (32, 0, [])
+    """
+
+    __slots__ = ("_batch", "_single", "done", "out")
+    _pack_id = struct.Struct("!I").pack
+
+    def __init__(self, queue_num: int):
+        self.out = collections.deque()  # ids still held by the kernel, in arrival order
+        self.done = set()               # ids verdicted out of order, still in `out`
+        self._batch = verdict_message(queue_num, 0, batch=True)[:-4]
+        self._single = verdict_message(queue_num, 0)[:-4]
+
+    def verdicts(self, ids: list) -> tuple[bytes, int]:
+        """The verdict messages for ``ids`` (all held), and how many went out of order."""
+        out, done = self.out, self.done
+        rel = set(ids)
+        last = None
+        while out and (out[0] in rel or out[0] in done):
+            pid = out.popleft()
+            if pid in rel:
+                rel.discard(pid)
+                last = pid
+            else:
+                done.discard(pid)
+        parts = [self._batch + self._pack_id(last)] if last is not None else []
+        for pid in rel:
+            parts.append(self._single + self._pack_id(pid))
+            done.add(pid)
+        return b"".join(parts), len(rel)
+
+    def accept_all(self) -> bytes:
+        """One batch verdict for everything held (on shutdown)."""
+        msg = self._batch + self._pack_id(self.out[-1])
+        self.out.clear()
+        self.done.clear()
+        return msg
 
 
 class _DaemonError(Exception):
@@ -691,7 +794,7 @@ def _ack_errors(sock: socket.socket, want: int, timeout_s: float = 5.0) -> list[
                 if mtype == NLMSG_ERROR:
                     out.append(-struct.unpack_from("=i", data, off + 16)[0])
                 off += (ln + 3) & ~3
-    except socket.timeout:
+    except TimeoutError:
         out += [110] * (want - len(out))  # ETIMEDOUT
     finally:
         sock.setblocking(False)
@@ -737,7 +840,9 @@ def _open_queue(lc: _Libc, home_fd: int, ns: str, cfg: dict) -> socket.socket:
         q = cfg["queue_num"]
         if e == 16:  # EBUSY
             why = f"queue {q} is already bound by another process in {ns!r}"
-        elif e == 1:  # EPERM
+        elif e == 1 and os.geteuid() == 0:  # EPERM, as root: another socket holds the queue
+            why = f"queue {q} is already bound by another process in {ns!r} (another delay line?)"
+        elif e == 1:
             why = "permission denied (needs CAP_NET_ADMIN: run as root)"
         elif e in (2, 95, 93, 22):  # ENOENT, EOPNOTSUPP, EPROTONOSUPPORT, EINVAL
             why = f"the kernel has no usable nfnetlink_queue ({os.strerror(e)}): modprobe nfnetlink_queue"
@@ -765,6 +870,7 @@ def _daemon_main() -> int:
         raise
     out.write("READY\n")
     out.flush()
+    gc.freeze()  # what exists now lives as long as the process: keep it out of every collection
     return d.run()
 
 
@@ -794,6 +900,14 @@ class _Daemon:
         # keep kernel receive timestamps on: any socket with SO_TIMESTAMP turns them on host-wide
         self.ts_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.ts_sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+        import resource
+        need = n + 64
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < need:
+            if hard != resource.RLIM_INFINITY and hard < need:
+                raise _DaemonError("CapabilityError", f"{n} queues need {need} open files, the limit is {hard}: "
+                                   f"raise it with 'ulimit -n {need}'")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.socks = []
         try:
@@ -807,15 +921,20 @@ class _Daemon:
             os.close(home)
         self.timer = _Timer(lc)
         self.w[_W_PID] = os.getpid()
-        self.realtime = False
-        if cfg["realtime"]:
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-                self.realtime = True
-            except (OSError, AttributeError):
-                pass
+        self.realtime = bool(cfg["realtime"]) and self.set_realtime(True)
         self.w[_S["realtime"]] = int(self.realtime)
         self.w[_W_STATE] = STATE_READY
+
+    def set_realtime(self, on: bool) -> bool:
+        """SCHED_FIFO (priority 10) or back to SCHED_OTHER; returns whether FIFO is now on."""
+        try:
+            if on:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            else:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            return on
+        except (OSError, AttributeError):
+            return False
 
     def run(self) -> int:
         cfg, w, n = self.cfg, self.w, self.n
@@ -839,13 +958,6 @@ class _Daemon:
         be64x2 = struct.Struct("!qq").unpack_from
         S = _S
         hbin = _hist_bin
-        single_prefix = (_NLHDR.pack(32, NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, 0)
-                         + _NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(qnum))
-                         + _NLA.pack(12, NFQA_VERDICT_HDR) + struct.pack("!I", NF_ACCEPT))
-        batch_prefix = (_NLHDR.pack(32, NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST, 0, 0)
-                        + _NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(qnum))
-                        + _NLA.pack(12, NFQA_VERDICT_HDR) + struct.pack("!I", NF_ACCEPT))
-        pack_id = struct.Struct("!I").pack
 
         ep = select.epoll()
         fd2q = {}
@@ -866,11 +978,9 @@ class _Daemon:
         ep.register(sig_r, select.EPOLLIN)
 
         heap = []                      # (deadline_ns, queue, packet_id)
-        outstanding = [collections.deque() for _ in range(nq)]  # ids in kernel order
-        done = [set() for _ in range(nq)]  # ids verdicted out of order, still in `outstanding`
+        books = [_VerdictBook(qnum) for _ in range(nq)]
         last_dl = {}                   # (src * n + dst) -> last deadline (keep order within a pair)
         rbuf = bytearray(65536)
-        rview = memoryview(rbuf)
         seq_seen = -1
         mat = mats[0]
         counters = collections.Counter()
@@ -878,6 +988,13 @@ class _Daemon:
         max_pending = 0
         parent_dead = False
         next_check = 0
+        thread_cpu = time.thread_time_ns
+        fifo = self.realtime
+        win_start = win_end = mono()
+        cpu0 = thread_cpu()
+        spun = 0
+        spin_share = cfg["spin_share"]
+        spin_budget = int(spin_share * _WINDOW_NS)
         offset_ns = real() - mono()
         release = {}                   # queue -> [ids] due now
 
@@ -886,48 +1003,26 @@ class _Daemon:
                 w[S[k]] += v
             counters.clear()
             w[S["pending"]] = pending
-            if max_pending > w[S["max_pending"]]:
-                w[S["max_pending"]] = max_pending
+            w[S["max_pending"]] = max(w[S["max_pending"]], max_pending)
 
-        def send_verdicts(t_send):
+        def send_verdicts():
             """Issue ACCEPT for every id in `release`, one send per socket."""
             nonlocal pending
-            nsend = 0
+            nrel = 0
             for q, ids in release.items():
-                out = outstanding[q]
-                dq = done[q]
-                rel = set(ids) if len(ids) > 1 else {ids[0]}
-                parts = []
-                last_new = None
-                while out and (out[0] in rel or out[0] in dq):
-                    pid = out.popleft()
-                    if pid in rel:
-                        rel.discard(pid)
-                        last_new = pid
-                    else:
-                        dq.discard(pid)
-                if last_new is not None:
-                    parts.append(batch_prefix + pack_id(last_new))
-                for pid in rel:  # released before an older packet of the same queue
-                    parts.append(single_prefix + pack_id(pid))
-                    dq.add(pid)
-                if rel:
-                    counters["out_of_order"] += len(rel)
-                pending -= len(ids)
-                msg = b"".join(parts)
+                msg, ooo = books[q].verdicts(ids)
+                if ooo:
+                    counters["out_of_order"] += ooo
+                nrel += len(ids)
                 s = socks[q]
-                try:
-                    for k in range(0, len(msg), 32768):
+                for k in range(0, len(msg), 32768):  # netlink to the kernel never blocks; the chunking
+                    try:                              # only keeps each datagram under the send buffer
                         s.send(msg[k:k + 32768])
-                except BlockingIOError:
-                    s.setblocking(True)
-                    s.send(msg[k:])
-                    s.setblocking(False)
-                except OSError:
-                    counters["netlink_errors"] += 1
-                nsend += 1
-            counters["released"] += sum(len(v) for v in release.values())
-            counters["sends"] += nsend
+                    except OSError:
+                        counters["netlink_errors"] += 1
+            pending -= nrel
+            counters["released"] += nrel
+            counters["sends"] += len(release)
             release.clear()
 
         def read_queue(q, now):
@@ -935,8 +1030,10 @@ class _Daemon:
             nonlocal pending, max_pending, mat
             s = socks[q]
             recv_into = s.recv_into
-            out = outstanding[q]
-            while True:
+            out = books[q].out
+            budget = _READ_BUDGET
+            while budget:
+                budget -= 1
                 try:
                     nbytes = recv_into(rbuf)
                 except BlockingIOError:
@@ -969,13 +1066,25 @@ class _Daemon:
                                     src = rbuf[p + 16:p + 20]
                             elif atype == NFQA_TIMESTAMP and use_ts:
                                 sec, usec = be64x2(rbuf, p + 4)
-                                arr = sec * 1_000_000_000 + usec * 1000 - offset_ns
+                                arr = sec * 1_000_000_000 + usec * 1000
                             p += (alen + 3) & ~3
                         if pid is not None:
                             out.append(pid)
                             pending += 1
                             counters["packets"] += 1
-                            if arr <= 0 or arr > now or now - arr > 1_000_000_000:
+                            if arr:
+                                # a receive stamp (CLOCK_REALTIME), or a TCP departure time (EDT,
+                                # CLOCK_MONOTONIC) that crossed the veth: both are the arrival here
+                                if now - 1_000_000_000 < arr - offset_ns <= now + 1_000_000_000:
+                                    arr -= offset_ns
+                                elif now - 1_000_000_000 < arr <= now + 1_000_000_000:
+                                    counters["edt_timestamp"] += 1
+                                    if arr > now:  # noqa: PLR1730 (hot path)
+                                        arr = now
+                                else:
+                                    counters["timestamp_fallback"] += 1
+                                    arr = now
+                            else:
                                 if use_ts:
                                     counters["timestamp_fallback"] += 1
                                 arr = now
@@ -991,7 +1100,7 @@ class _Daemon:
                                 if keep_order:
                                     key = node * n + q
                                     prev = last_dl.get(key, 0)
-                                    if dl < prev:
+                                    if dl < prev:  # noqa: PLR1730 (hot path)
                                         dl = prev
                                     last_dl[key] = dl
                             if dl <= now:
@@ -1001,20 +1110,18 @@ class _Daemon:
                                     counters["late_1ms"] += 1
                             else:
                                 heappush(heap, (dl, q, pid))
-                    elif mtype == NLMSG_ERROR:
-                        if struct.unpack_from("=i", rbuf, off + 16)[0] != 0:
-                            counters["netlink_errors"] += 1
+                    elif mtype == NLMSG_ERROR and struct.unpack_from("=i", rbuf, off + 16)[0] != 0:
+                        counters["netlink_errors"] += 1
                     off += (ln + 3) & ~3
-            if pending > max_pending:
+            if pending > max_pending:  # noqa: PLR1730 (hot path: a comparison beats a call)
                 max_pending = pending
 
-        TRACE = [] if os.environ.get("DLTRACE") else None
         try:
             while not stop:
                 now = mono()
                 # 1. sleep until something arrives or until `spin` before the next deadline
                 if heap:
-                    wake = heap[0][0] - spin
+                    wake = heap[0][0] - (spin if spin_budget > 0 else 0)
                     if wake > now:
                         timer.arm(wake)
                         events = ep.poll(1.0)
@@ -1024,6 +1131,27 @@ class _Daemon:
                     timer.disarm()
                     events = ep.poll(1.0)
                 now = mono()
+                if now >= win_end:
+                    # CPU governor, every 50 ms: spin only while the daemon is mostly idle (an idle vCPU
+                    # wakes late; a busy one wakes on time), at most SPIN_SHARE of the time; leave
+                    # SCHED_FIFO while real work nears a whole CPU (the kernel would otherwise throttle
+                    # all RT tasks for 50 ms of each second), return when it falls again
+                    cpu = thread_cpu()
+                    wall = now - win_start
+                    work = (cpu - cpu0 - spun) / wall if wall > 0 else 0.0
+                    spin_budget = int(spin_share * _WINDOW_NS) if work < _SPIN_MAX_WORK else 0
+                    if not spin_budget:
+                        counters["spin_off_windows"] += 1
+                    if fifo and work > _RT_LEAVE:
+                        fifo = self.set_realtime(False)
+                        counters["rt_demotions"] += 1
+                    elif not fifo and self.realtime and work < _RT_RETURN:
+                        fifo = self.set_realtime(True)
+                    if not fifo and self.realtime:
+                        counters["non_rt_windows"] += 1
+                    w[S["cpu_work_pct"]] = int(work * 100)
+                    win_start, cpu0, spun = now, cpu, 0
+                    win_end = now + _WINDOW_NS
                 if now >= next_check:  # once a second: parent alive? clock offset
                     next_check = now + 1_000_000_000
                     offset_ns = real() - mono()
@@ -1053,15 +1181,19 @@ class _Daemon:
                             os.read(sig_r, 64)
                         except BlockingIOError:
                             pass
+                        if os.getppid() != self.ppid:
+                            parent_dead = True
                 # 2. release what is due, busy-waiting to a deadline closer than `spin`
                 if heap:
                     now = mono()
                     first = heap[0][0]
-                    first_before = first
-                    if first > now and first - now <= spin:
+                    if first > now and first - now <= spin and spin_budget > 0:
                         counters["spins"] += 1
+                        t_spin = now
                         while now < first:
                             now = mono()
+                        spun += now - t_spin
+                        spin_budget -= now - t_spin
                     while heap and heap[0][0] <= now:
                         dl, q, pid = heappop(heap)
                         release.setdefault(q, []).append(pid)
@@ -1071,22 +1203,19 @@ class _Daemon:
                             counters["late_1ms"] += 1
                 if release:
                     counters["wakeups"] += 1
-                    t_b = mono()
-                    send_verdicts(now)
-                    if TRACE is not None: TRACE.append((first, now, t_b, mono()))
+                    send_verdicts()
                     flush_counters()
         finally:
             # accept everything still held, so stopping never loses packets
-            for q, out in enumerate(outstanding):
-                if out:
+            for q, book in enumerate(books):
+                if book.out:
                     try:
-                        socks[q].send(batch_prefix + pack_id(out[-1]))
+                        socks[q].send(book.accept_all())
                     except OSError:
                         pass
             pending = 0
             flush_counters()
             w[_W_STATE] = STATE_STOPPED
-            if TRACE: json.dump(TRACE, open(os.environ["DLTRACE"], "w"))
             for s in socks:
                 s.close()
             if parent_dead:
