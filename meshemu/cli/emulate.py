@@ -193,6 +193,7 @@ def run_bench_emulate(args) -> int:
     t0 = time.perf_counter()
     try:
         emu.start()
+        backend = emu.backend
         t1 = time.perf_counter()
         used_mb = avail_before - _mem_available_mb()
         routes = int((emu.state(0)[0] != -1).sum())
@@ -203,7 +204,7 @@ def run_bench_emulate(args) -> int:
         t3 = time.perf_counter()
     s = report.summary()
     table = Table(title=f"bench emulate: {series.constellation}, {len(emu.plan.node_names)} nodes, "
-                        f"{len(emu.plan.links)} links, shaper {emu.backend if emu.backend != 'none' else args.shaper}")
+                        f"{len(emu.plan.links)} links, shaper {backend}")
     table.add_column("what")
     table.add_column("figure")
     table.add_row("up: namespaces, links, addresses, shaping, routes", f"{t1 - t0:.1f} s ({routes} routes)")
@@ -211,7 +212,8 @@ def run_bench_emulate(args) -> int:
     table.add_row("memory (MemAvailable drop while up)", f"{used_mb:.0f} MB")
     table.add_row(f"apply per step ({s['steps'] - 1} steps of {args.step:g} s)",
                   f"p50 {s['apply_p50_ms']:.1f} ms, p99 {s['apply_p99_ms']:.1f} ms, max {s['apply_max_ms']:.1f} ms")
-    table.add_row("changes applied", str(s["changes"]))
+    table.add_row("changes applied", f"{s['link_changes']} link states, {s['route_changes']} routes, "
+                                      f"{s['delay_changes']} delays ({'node pairs' if backend == 'delayline' else 'qdiscs'})")
     Console().print(table)
     return 0
 

@@ -587,13 +587,14 @@ def _read_line(pipe, timeout_s: float) -> str | None:
     """One line from the child's stdout; '' at end of file, None on timeout."""
     deadline = time.monotonic() + timeout_s
     fd = pipe.fileno()
+    poller = select.poll()  # not select(): the caller may hold more than 1,024 descriptors
+    poller.register(fd, select.POLLIN | select.POLLHUP)
     buf = b""
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        r, _, _ = select.select([fd], [], [], left)
-        if not r:
+        if not poller.poll(left * 1e3):
             return None
         chunk = os.read(fd, 4096)
         if not chunk:

@@ -48,7 +48,9 @@ class PlayReport:
                 "apply_p99_ms": pct(apply, 99) * 1e3, "apply_max_ms": float(apply.max() * 1e3) if len(apply) else 0.0,
                 "late_p50_ms": pct(late, 50) * 1e3, "late_p99_ms": pct(late, 99) * 1e3,
                 "late_max_ms": float(late.max() * 1e3) if len(late) else 0.0,
-                "changes": int(sum(r.link_up + r.link_down + r.delay_changes + r.route_changes for r in self.records))}
+                "link_changes": int(sum(r.link_up + r.link_down for r in self.records)),
+                "delay_changes": int(sum(r.delay_changes for r in self.records)),
+                "route_changes": int(sum(r.route_changes for r in self.records))}
 
 
 class Player:
