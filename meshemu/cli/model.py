@@ -1,4 +1,8 @@
-"""CLI for the model layer (issue 4): ``meshemu generate`` and ``meshemu bench model``."""
+"""CLI for the model layer (issue 4): ``meshemu generate`` and ``meshemu bench model``.
+
+With ``--loopback`` or ``--constellation`` (issue 5), ``generate`` serves the
+model sharded; :mod:`meshemu.cli.serve` does that part.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ def register(commands, benches):
                      help="feed the raw text instead of wrapping it as one user message")
     gen.add_argument("--system", default=None,
                      help="system prompt (default: the one the chat template supplies, if any)")
+    from meshemu.cli.serve import add_serving_arguments
+
+    add_serving_arguments(gen)
     gen.set_defaults(run=run_generate)
 
     bench = benches.add_parser(
@@ -63,7 +70,11 @@ def _load(path):
 
 
 def run_generate(args) -> int:
+    from meshemu.cli.serve import run_sharded_generate, wants_shards
     from meshemu.model import SamplingParams, Transformer, generate
+
+    if wants_shards(args):
+        return run_sharded_generate(args)
 
     sampling = SamplingParams(temperature=0.0 if args.greedy else args.temperature,
                               top_p=args.top_p, seed=args.seed)

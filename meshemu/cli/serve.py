@@ -1,0 +1,371 @@
+"""CLI for the serving layer (issue 5): sharded ``meshemu generate`` and ``meshemu bench serving``.
+
+``meshemu generate`` (registered by :mod:`meshemu.cli.model`) comes here when
+asked for shards: ``--loopback`` (local processes) or ``--constellation NAME``
+(processes in an emulated mesh, the client at ``--ground-station``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import uuid
+
+
+def register(commands, benches):
+    bench = benches.add_parser(
+        "serving", help="loopback serving: hop overhead, TP/PP tokens/s, micro-batching",
+        description="Start shard processes on loopback and time: the overhead of one pipeline hop for a "
+                    "576-float activation, then decode tokens/s of each (tp, pp, all-reduce) layout, "
+                    "predicted beside measured.")
+    bench.add_argument("--model", default=None, metavar="PATH",
+                       help="checkpoint for the layouts (default SmolLM2-135M-Instruct; tiny:llama:0 is quick)")
+    bench.add_argument("--tokens", type=int, default=24, metavar="N", help="tokens per request (default 24)")
+    bench.add_argument("--hop-tokens", type=int, default=200, metavar="N",
+                       help="tokens timed for the hop overhead (default 200)")
+    bench.add_argument("--layouts", default="1x1,1x2,1x3,2x1:ring,2x1:direct,3x1:ring,3x1:direct,3x2:ring",
+                       help="TPxPP[:ALGORITHM] list (default %(default)s)")
+    bench.add_argument("--concurrency", default="1,2,4", help="micro-batch counts for a 1x3 pipeline (default 1,2,4)")
+    bench.add_argument("--metrics", metavar="FILE", help="also write the rows as JSON Lines")
+    bench.set_defaults(run=run_bench)
+
+
+def add_serving_arguments(parser) -> None:
+    """The sharding options of ``meshemu generate``."""
+    g = parser.add_argument_group("sharded serving (issue 5)")
+    g.add_argument("--tp", type=int, default=1, metavar="T", help="tensor-parallel degree (default 1)")
+    g.add_argument("--pp", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
+    g.add_argument("--allreduce", choices=("ring", "direct"), default="ring", help="all-reduce algorithm")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--loopback", action="store_true", help="run the shards as local processes on 127.0.0.1")
+    where.add_argument("--constellation", metavar="NAME",
+                       help="run the shards in an emulated mesh of this constellation (needs root)")
+    g.add_argument("--placement", default="plane", metavar="STRATEGY",
+                   help="ranks to satellites: plane, spread, nearest or list:p00s01,... (default plane)")
+    g.add_argument("--ground-station", default="Paris", metavar="CITY",
+                   help="where the client runs in the mesh (default Paris)")
+    g.add_argument("--shaper", default="auto", choices=("auto", "netem", "delayline", "none"),
+                   help="link delay backend in the mesh (default auto)")
+    g.add_argument("--start-s", type=float, default=0.0, metavar="S", help="series start, s after epoch")
+    g.add_argument("--duration-s", type=float, default=600.0, metavar="S", help="series length (default 600)")
+    g.add_argument("--step-s", type=float, default=1.0, metavar="S", help="series step (default 1)")
+    g.add_argument("--time-scale", type=float, default=1.0, help="mesh clock speed-up (default 1)")
+    g.add_argument("--compute", default="real", metavar="MODE",
+                   help="real, or device:NAME (h100, h200, a100, l4, orin) to wait modelled device time")
+    g.add_argument("--requests", type=int, default=1, metavar="N",
+                   help="send the prompt N times at once (micro-batches); text of the first is printed")
+    g.add_argument("--metrics", metavar="FILE", help="append per-request and per-token JSON Lines here")
+    g.add_argument("--step-timeout", type=float, default=10.0, metavar="S",
+                   help="longest wait for one token or one peer (default 10)")
+    g.add_argument("--timeout", type=float, default=600.0, metavar="S", help="deadline of each request")
+    g.add_argument("--hop-overhead-ms", type=float, default=None, metavar="MS",
+                   help="software cost of one message for the prediction (default: measured constant)")
+
+
+def wants_shards(args) -> bool:
+    return bool(args.loopback or args.constellation or args.tp != 1 or args.pp != 1
+                or args.compute != "real" or args.requests != 1 or args.metrics
+                or str(args.model or "").startswith(("tiny:", "preset:")))
+
+
+# -- the model's description, without loading its weights here -----------------------------------
+def describe_model(model):
+    """``(source string for the shards, config, tokenizer or None)``."""
+    from pathlib import Path
+
+    from meshemu.errors import InputError
+    from meshemu.serving.compute import load_source
+
+    if model and model.startswith("preset:"):
+        config, _ = load_source(model)
+        return model, config, None
+    if model and model.startswith("tiny:"):
+        from meshemu.model.tiny import tiny_tokenizer
+
+        config, _ = load_source(model)
+        return model, config, tiny_tokenizer() if config.vocab_size == 320 else None
+    from meshemu.model.load import default_model_path
+
+    path = default_model_path() if model is None else Path(model)
+    if path.is_dir():
+        from meshemu.model.hf import _read_json, config_from_hf
+        from meshemu.model.tokenizer import tokenizer_from_hf_dir
+
+        config = config_from_hf(_read_json(path / "config.json"), file=path, name=path.name)
+        tok = (tokenizer_from_hf_dir(path, bos_token_id=config.bos_token_id, eos_token_ids=config.eos_token_ids)
+               if (path / "tokenizer.json").is_file() else None)
+        return str(path), config, tok
+    if not path.exists():
+        raise InputError("no such file or directory", file=path)
+    from meshemu.model.gguf import _open, config_from_gguf, tokenizer_from_gguf
+
+    reader = _open(path)
+    return str(path), config_from_gguf(reader, file=path), tokenizer_from_gguf(reader, file=path)
+
+
+def _prompt_ids(args, config, tok) -> tuple[list[int], frozenset]:
+    if tok is None:  # a shape without a vocabulary: bytes as ids
+        ids = [3 + b % (config.vocab_size - 3) for b in args.prompt.encode()]
+        return ids, frozenset()
+    if args.no_chat_template or tok.chat is None:
+        ids = tok.encode(args.prompt)
+    else:
+        ids = tok.encode_chat(args.prompt, system=args.system)
+    return ids, tok.stop_ids()
+
+
+# -- sharded generate ---------------------------------------------------------------------------------
+def run_sharded_generate(args) -> int:
+    from meshemu.errors import InputError
+    from meshemu.serving.client import Request, run_job
+    from meshemu.serving.compute import parse_compute
+    from meshemu.serving.metrics import JsonLines
+
+    if args.tp < 1 or args.pp < 1 or args.requests < 1:
+        raise InputError("--tp, --pp and --requests must be >= 1")
+    if not (args.loopback or args.constellation):
+        raise InputError("sharded serving needs --loopback (local processes) or --constellation NAME (a mesh)")
+    source, config, tok = describe_model(args.model)
+    device = parse_compute(args.compute)
+    prompt, stop_ids = _prompt_ids(args, config, tok)
+    if not prompt:
+        raise InputError("the prompt is empty (0 tokens)")
+    temperature = 0.0 if args.greedy else args.temperature
+    requests = [Request(tuple(prompt), max_new_tokens=args.max_new_tokens, temperature=temperature,
+                        top_p=args.top_p if temperature > 0 else 1.0, seed=args.seed, stop_ids=tuple(sorted(stop_ids)),
+                        request_id=uuid.uuid4().hex) for _ in range(args.requests)]
+    job = {"plan": {"model": source, "tp": args.tp, "pp": args.pp, "allreduce": args.allreduce,
+                    "compute": args.compute},
+           "requests": [dict(r.__dict__) for r in requests], "concurrency": args.requests,
+           "timeout_s": args.timeout, "step_timeout_s": args.step_timeout}
+    out = _Streamer(tok)
+    records = []
+    loaded = {}
+
+    def on_event(event):
+        kind = event["event"]
+        if kind == "token" and event["request"] == 0:
+            out.add(event["token"])
+        elif kind == "loaded":
+            loaded["replies"] = event["replies"]
+            loaded["t"] = time.time()
+        elif kind == "request":
+            records.append(event)
+
+    metrics = JsonLines(args.metrics)
+    t0 = time.perf_counter()
+    try:
+        if args.loopback:
+            from meshemu.serving.launch import ShardProcesses, start_loopback
+
+            with ShardProcesses() as procs:
+                addrs = start_loopback(procs, args.tp * args.pp, step_timeout_s=args.step_timeout)
+                job["plan"].update(ranks=addrs, nodes=[f"loopback{k}" for k in range(len(addrs))])
+                run_job(job, on_event)
+            ctx_info = {"mode": "loopback", "rank_nodes": job["plan"]["nodes"], "client_node": "loopback",
+                        "backend": "loopback"}
+            ctx = _context(args, config, device, job["plan"]["nodes"], "client", None, None)
+        else:
+            ctx, ctx_info = _run_in_mesh(args, config, device, job, on_event)
+    finally:
+        out.finish()
+    _report(args, records, ctx, ctx_info, loaded, metrics, config, time.perf_counter() - t0)
+    metrics.close()
+    failed = [r for r in records if r.get("error")]
+    if failed:
+        raise InputError(failed[0]["error"]) if len(records) == 1 else InputError(
+            f"{len(failed)} of {len(records)} requests failed; first: {failed[0]['error']}")
+    return 0
+
+
+class _Streamer:
+    """Prints the first request's text as its tokens arrive (holding back a partial UTF-8 character)."""
+
+    def __init__(self, tok):
+        self.tok, self.ids, self.printed = tok, [], 0
+
+    def _text(self) -> str:
+        if self.tok is None:
+            return " ".join(str(i) for i in self.ids)
+        return self.tok.decode(self.ids)
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        text = self._text()
+        if text.endswith("\ufffd"):
+            return
+        sys.stdout.write(text[self.printed:])
+        sys.stdout.flush()
+        self.printed = len(text)
+
+    def finish(self) -> None:
+        sys.stdout.write(self._text()[self.printed:] + "\n")
+        sys.stdout.flush()
+
+
+def _context(args, config, device, rank_nodes, client_node, paths, run):
+    from meshemu.model.partition import pipeline_ranges
+    from meshemu.serving.predict import DEFAULT_OVERHEAD_S
+    from meshemu.serving.report import RunContext
+
+    layers = [b - a for a, b in pipeline_ranges(config.n_layers, args.pp)]
+    ctx = RunContext(tp=args.tp, pp=args.pp, algorithm=args.allreduce, layers=layers, rank_nodes=list(rank_nodes),
+                     client_node=client_node, activation_bytes=config.hidden_size * (2 if device else 4),
+                     overhead_s=(args.hop_overhead_ms / 1e3) if args.hop_overhead_ms is not None
+                     else DEFAULT_OVERHEAD_S)
+    if paths is not None:
+        delayed = run.backend != "none"
+        ctx.one_way_at = (lambda k: (lambda a, b: paths.one_way_s(k, a, b))) if delayed else (lambda k: (lambda a, b: 0.0))
+        ctx.step_at = run.step_at
+        ctx.route_at = paths.route
+    return ctx
+
+
+def _run_in_mesh(args, config, device, job, on_event):
+    from meshemu.constellation import (
+        TimeGrid,
+        default_ground_stations,
+        load_constellation,
+    )
+    from meshemu.links import compute_link_series
+    from meshemu.serving.mesh import serve_in_mesh
+    from meshemu.serving.placement import MeshPaths, place
+
+    c = load_constellation(args.constellation)
+    series = compute_link_series(c, default_ground_stations(), TimeGrid.from_window(
+        c.epoch_utc, start_s=args.start_s, duration_s=args.duration_s, step_s=args.step_s))
+    paths = MeshPaths(series)
+    gs = paths.names[paths.node(args.ground_station)]
+    rank_nodes = place(args.placement, args.tp * args.pp, paths, gs)
+    print(f"meshemu: placement {args.placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(rank_nodes))
+          + f"; client at {gs}", file=sys.stderr)
+    run = serve_in_mesh(series, job, ground_station=gs, rank_nodes=rank_nodes, shaper=args.shaper,
+                        time_scale=args.time_scale, step_timeout_s=args.step_timeout, on_event=on_event)
+    info = {"mode": "mesh", "constellation": c.name, "ground_station": gs, "placement": args.placement,
+            "rank_nodes": rank_nodes, "addresses": run.addresses, "backend": run.backend,
+            "start_s": args.start_s, "step_s": args.step_s, "time_scale": args.time_scale,
+            "player": run.play_summary}
+    if run.backend == "none":
+        print("meshemu: shaper none: links carry no delay; predictions use zero path delays", file=sys.stderr)
+    return _context(args, config, device, rank_nodes, gs, paths, run), info
+
+
+def _report(args, records, ctx, info, loaded, metrics, config, wall_s) -> None:
+    from meshemu.serving.client import record_from_row
+    from meshemu.serving.report import analyse, comparison_line
+
+    run_row = {"kind": "run", "tp": args.tp, "pp": args.pp, "allreduce": args.allreduce, "compute": args.compute,
+               "model": config.name, "config": config.to_dict(), "requests": args.requests,
+               "load": loaded.get("replies"), **info, "wall_s": wall_s,
+               "hop_overhead_s": ctx.overhead_s, "bandwidth_Bps": ctx.bandwidth_Bps}
+    metrics.write(run_row)
+    where = info.get("constellation", "loopback")
+    print(f"meshemu: tp {args.tp} x pp {args.pp}, {args.allreduce} all-reduce, {args.compute} compute, "
+          f"{where} ({info['backend']})", file=sys.stderr)
+    tokens_total, e2e = 0, 0.0
+    for event in sorted(records, key=lambda e: e["request"]):
+        rec = record_from_row(event["record"])
+        row, token_rows, route_rows, _ = analyse(rec, ctx)
+        row.update(tp=args.tp, pp=args.pp, allreduce=args.allreduce, placement=info.get("placement", "loopback"),
+                   error=event.get("error", row.get("error", "")))
+        metrics.write(row)
+        for r in token_rows + route_rows:
+            metrics.write(r)
+        tokens_total += row["tokens"]
+        e2e = max(e2e, row.get("e2e_s") or 0.0)
+        print(f"meshemu: request {event['request']}: {comparison_line(row)}", file=sys.stderr)
+    if len(records) > 1 and e2e > 0:
+        print(f"meshemu: {len(records)} requests at once: {tokens_total} tokens in {e2e:.2f} s, "
+              f"{tokens_total / e2e:.1f} tok/s in all", file=sys.stderr)
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------
+def _layouts(text):
+    from meshemu.errors import InputError
+
+    out = []
+    for item in text.split(","):
+        shape, _, algo = item.strip().partition(":")
+        t, _, p = shape.partition("x")
+        if not (t.isdigit() and p.isdigit()):
+            raise InputError(f"bad layout {item!r}: expected TPxPP[:ring|direct]")
+        out.append((int(t), int(p), algo or "ring"))
+    return out
+
+
+def run_bench(args) -> int:
+    from meshemu.errors import InputError
+    from meshemu.serving.client import Request, ServingClient, ServingPlan
+    from meshemu.serving.launch import ShardProcesses, start_loopback
+    from meshemu.serving.metrics import JsonLines
+    from meshemu.serving.report import RunContext, analyse
+
+    layouts = _layouts(args.layouts)
+    concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    if args.tokens < 2 or args.hop_tokens < 2:
+        raise InputError("--tokens and --hop-tokens must be >= 2")
+    source, config, tok = describe_model(args.model)
+    prompt = tuple(tok.encode("Satellites in low Earth orbit pass over a ground station every ninety minutes.")
+                   if tok is not None else range(3, 19))
+    metrics = JsonLines(args.metrics)
+    need = max([t * p for t, p, _ in layouts] + [4, 3])
+    with ShardProcesses() as procs:
+        addrs = start_loopback(procs, need, step_timeout_s=30.0)
+
+        def serve(model, t, p, algo, reqs, m=1, ids=prompt):
+            with ServingClient(ServingPlan(model, addrs[:t * p], t, p, algo), step_timeout_s=30.0) as client:
+                client.load()
+                client.generate(Request(ids[:4], max_new_tokens=2))  # warm the streams
+                t0 = time.perf_counter()
+                out = client.generate_many([Request(ids, max_new_tokens=reqs) for _ in range(m)])
+                return out, time.perf_counter() - t0
+
+        # 1. Hop overhead: a 4-stage pipeline of a 576-wide tiny model, compute subtracted.
+        hop_model = "tiny:llama:0:hidden_size=576:n_layers=4:head_dim=96:ffn_size=64:max_context=512"
+        [rec], _ = serve(hop_model, 1, 4, "ring", args.hop_tokens, ids=tuple(range(3, 19)))
+        decode = rec.tokens[1:]
+        per_hop = [t.hop_s / 4 for t in decode]
+        compute = [t.compute_s for t in decode]
+        hop_ms = statistics.median(per_hop) * 1e3
+        print(f"hop      median {hop_ms:.3f} ms per pipeline hop (576 float32 = 2304 B), p90 "
+              f"{sorted(per_hop)[int(0.9 * len(per_hop))] * 1e3:.3f} ms; cycle of 4 hops "
+              f"{statistics.median(t.cycle_s for t in decode) * 1e3:.2f} ms, compute "
+              f"{statistics.median(compute) * 1e3:.2f} ms ({len(decode)} tokens; target < 1 ms)")
+        metrics.write({"kind": "bench_hop", "hop_ms_median": hop_ms, "tokens": len(decode)})
+        overhead_s = hop_ms / 1e3
+
+        # 2. Layouts of the real model: decode tokens/s, predicted beside measured.
+        print(f"model    {config.name}: {config.n_layers} layers, hidden {config.hidden_size}; "
+              f"{args.tokens} tokens per request; prediction with o = {hop_ms:.3f} ms per message")
+        print(f"{'layout':<12} {'tok/s':>7} {'TPOT ms':>8} {'pred ms':>8} {'err':>7} {'compute':>8} "
+              f"{'collect':>8} {'hops':>7}")
+        from meshemu.model.partition import pipeline_ranges
+
+        for t, p, algo in layouts:
+            [rec], _ = serve(source, t, p, algo, args.tokens)
+            if isinstance(rec, Exception):
+                print(f"{t}x{p} {algo}: {rec}")
+                continue
+            ctx = RunContext(tp=t, pp=p, algorithm=algo, layers=[b - a for a, b in pipeline_ranges(config.n_layers, p)],
+                             rank_nodes=[f"r{k}" for k in range(t * p)], client_node="c",
+                             activation_bytes=4 * config.hidden_size, overhead_s=overhead_s)
+            row, *_ = analyse(rec, ctx)
+            row.update(kind="bench_layout", tp=t, pp=p, allreduce=algo)
+            metrics.write(row)
+            print(f"{t}x{p} {algo:<7} {row['decode_tokens_per_s']:7.1f} {row['tpot_s'] * 1e3:8.2f} "
+                  f"{row['predicted_tpot_s'] * 1e3:8.2f} {row['tpot_error']:+7.1%} "
+                  f"{row['compute_s_per_token'] * 1e3:8.2f} {row['collective_s_per_token'] * 1e3:8.2f} "
+                  f"{row['hop_s_per_token'] * 1e3:7.2f}")
+
+        # 3. Micro-batching: m requests at once through a 3-stage pipeline.
+        for m in concurrency:
+            recs, wall = serve(source, 1, 3, "ring", args.tokens, m)
+            ok = [r for r in recs if not isinstance(r, Exception)]
+            total = sum(len(r.tokens) for r in ok)
+            print(f"1x3 m={m:<3} {total / wall:7.1f} tok/s in all ({len(ok)} of {m} requests, "
+                  f"{total} tokens in {wall:.2f} s)")
+            metrics.write({"kind": "bench_microbatch", "m": m, "tokens_per_s": total / wall, "wall_s": wall})
+    metrics.close()
+    return 0
+

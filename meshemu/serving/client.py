@@ -1,0 +1,277 @@
+"""The client: load a model onto the shards, send prompts to the head, receive streamed tokens.
+
+It needs only the shards' addresses, so it runs the same in this process (on
+loopback) and as ``python -m meshemu.serving.client --job FILE`` inside a
+ground station's namespace, where it prints one JSON event a line.
+
+Every call has a deadline; a shard that is down, or a path that stays down,
+turns into a :class:`ServingError` naming what failed, never a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import asdict, dataclass, field
+
+import grpc
+
+from meshemu.errors import InputError, MeshemuError
+from meshemu.serving.metrics import RequestRecord
+from meshemu.serving.rpc import shard_pb2 as pb
+from meshemu.serving.tensors import decode
+from meshemu.serving.transport import stub
+
+
+class ServingError(MeshemuError):
+    """A request or a load failed on the shards; the message says where."""
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """What to serve where: the model, every rank's address, and the parallel layout."""
+
+    model: str
+    ranks: tuple[str, ...]
+    tp: int = 1
+    pp: int = 1
+    allreduce: str = "ring"
+    compute: str = "real"
+    peak_flops: float = 0.0
+    peak_bandwidth_Bps: float = 0.0
+    nodes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "ranks", tuple(self.ranks))
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        if len(self.ranks) != self.tp * self.pp:
+            raise InputError(f"{len(self.ranks)} shard addresses for tp {self.tp} x pp {self.pp}")
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: tuple[int, ...]
+    max_new_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_ids: tuple[int, ...] = ()
+    return_logits: bool = False
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def _rpc_error(err: grpc.RpcError, what: str) -> ServingError:
+    return ServingError(f"{what}: {err.code().name}: {err.details()}")
+
+
+class ServingClient:
+    """Talks to every shard of a :class:`ServingPlan` (use as a context manager)."""
+
+    def __init__(self, plan: ServingPlan, *, step_timeout_s: float = 10.0):
+        self.plan = plan
+        self.step_timeout_s = step_timeout_s
+        self._stubs = [stub(a) for a in plan.ranks]
+        self.load_replies: list = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self) -> None:
+        for ch, _ in self._stubs:
+            ch.close()
+
+    def _name(self, r: int) -> str:
+        node = f" on {self.plan.nodes[r]}" if r < len(self.plan.nodes) and self.plan.nodes[r] else ""
+        return f"rank {r}{node} ({self.plan.ranks[r]})"
+
+    def wait_ready(self, timeout_s: float = 30.0) -> list:
+        """Health of every shard, waiting up to ``timeout_s`` for each to answer."""
+        replies = []
+        for r, (_, s) in enumerate(self._stubs):
+            try:
+                replies.append(s.Health(pb.HealthRequest(), timeout=timeout_s, wait_for_ready=True))
+            except grpc.RpcError as err:
+                raise _rpc_error(err, f"{self._name(r)} is unreachable") from None
+        return replies
+
+    def load(self, timeout_s: float = 300.0) -> list:
+        """Give every rank its part of the model (in parallel); return the replies by rank."""
+        p = self.plan
+
+        def one(r):
+            req = pb.LoadRequest(model=p.model, ranks=p.ranks, rank=r, tp_size=p.tp, n_stages=p.pp,
+                                 allreduce=p.allreduce, compute=p.compute, peak_flops=p.peak_flops,
+                                 peak_bandwidth_Bps=p.peak_bandwidth_Bps,
+                                 node=p.nodes[r] if r < len(p.nodes) else "")
+            try:
+                return self._stubs[r][1].Load(req, timeout=timeout_s, wait_for_ready=True)
+            except grpc.RpcError as err:
+                raise _rpc_error(err, f"loading {self._name(r)}") from None
+
+        with futures.ThreadPoolExecutor(max_workers=len(p.ranks)) as pool:
+            replies = list(pool.map(one, range(len(p.ranks))))
+        if len({r.config_json for r in replies}) != 1:
+            raise ServingError("the shards loaded different models")
+        self.load_replies = replies
+        return replies
+
+    def generate(self, request: Request, *, timeout_s: float = 300.0, on_token=None) -> RequestRecord:
+        """Run one request; ``on_token(event, record)`` sees each token as it arrives.
+
+        Raises :class:`ServingError` when the request fails (the record so far is
+        attached as ``err.record``).
+        """
+        req = pb.GenerateRequest(request_id=request.request_id, prompt=request.prompt,
+                                 max_new_tokens=request.max_new_tokens,
+                                 sampling=pb.Sampling(temperature=request.temperature, top_p=request.top_p,
+                                                      seed=request.seed),
+                                 stop_ids=request.stop_ids, step_timeout_s=self.step_timeout_s,
+                                 return_logits=request.return_logits)
+        record = RequestRecord(request.request_id, len(request.prompt))
+        record.logits = []
+        record.sent_wall_time = time.time()
+        t0 = time.perf_counter()
+        try:
+            for ev in self._stubs[0][1].Generate(req, timeout=timeout_s, wait_for_ready=True):
+                arrival = time.perf_counter() - t0
+                stages = sorted(ev.timings, key=lambda s: s.stage)
+                record.add_token(ev.index, ev.token, arrival, cycle_s=ev.cycle_s,
+                                 compute_s=sum(s.compute_s for s in stages),
+                                 collective_s=sum(s.collective_s for s in stages), wall_time=time.time(),
+                                 stage_compute_s=[s.compute_s for s in stages])
+                if ev.HasField("logits"):
+                    record.logits.append(decode(ev.logits))
+                if ev.done:
+                    record.stop_reason = ev.stop_reason
+                if on_token is not None:
+                    on_token(ev, record)
+        except grpc.RpcError as err:
+            record.error = f"{err.code().name}: {err.details()}"
+            failure = ServingError(f"request {request.request_id[:8]} failed after {len(record.tokens)} tokens "
+                                   f"and {time.perf_counter() - t0:.2f} s: {record.error}")
+            failure.record = record
+            raise failure from None
+        return record
+
+    def generate_many(self, requests, *, timeout_s: float = 300.0, on_token=None) -> list:
+        """Run ``requests`` concurrently (micro-batches in the pipeline); records, or errors, in order."""
+        out = [None] * len(requests)
+
+        def one(i):
+            try:
+                out[i] = self.generate(requests[i], timeout_s=timeout_s,
+                                       on_token=None if on_token is None else lambda ev, rec: on_token(i, ev, rec))
+            except ServingError as err:
+                out[i] = err
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+    def metrics(self, timeout_s: float = 5.0) -> list:
+        out = []
+        for r, (_, s) in enumerate(self._stubs):
+            try:
+                out.append(json.loads(s.Metrics(pb.MetricsRequest(), timeout=timeout_s).json))
+            except grpc.RpcError as err:
+                out.append({"rank": r, "error": f"{err.code().name}: {err.details()}"})
+        return out
+
+
+# -- a job: what the CLI asks a client in a ground station's namespace to do ---------------------
+def run_job(job: dict, emit) -> None:
+    """Load the plan, run the requests (``concurrency`` at a time, ``gap_s`` apart), and ``emit`` events (dicts)."""
+    plan = ServingPlan(**job["plan"])
+    requests = [Request(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()})
+                for r in job["requests"]]
+    with ServingClient(plan, step_timeout_s=job.get("step_timeout_s", 10.0)) as client:
+        client.wait_ready(job.get("connect_timeout_s", 30.0))
+        replies = client.load(job.get("load_timeout_s", 300.0))
+        emit({"event": "loaded", "replies": [_load_row(r) for r in replies]})
+        lock = threading.Lock()
+
+        def on_token(i, ev, rec):
+            with lock:
+                emit({"event": "token", "request": i, "index": ev.index, "token": ev.token,
+                      "t": rec.tokens[-1].arrival_s})
+
+        concurrency = max(1, int(job.get("concurrency", 1)))
+        for first in range(0, len(requests), concurrency):
+            if first and job.get("gap_s"):
+                time.sleep(job["gap_s"])  # let the mesh move between batches
+            batch = requests[first:first + concurrency]
+            for k, res in enumerate(client.generate_many(batch, timeout_s=job.get("timeout_s", 300.0),
+                                                         on_token=lambda i, ev, rec, f=first: on_token(f + i, ev, rec))):
+                i = first + k
+                if isinstance(res, ServingError):
+                    emit({"event": "request", "request": i, "error": str(res), "record": _record_row(res.record)})
+                else:
+                    emit({"event": "request", "request": i, "record": _record_row(res)})
+        emit({"event": "shards", "metrics": client.metrics()})
+
+
+def _load_row(r) -> dict:
+    return {"rank": r.rank, "stage": r.stage, "tp_rank": r.tp_rank, "layers": [r.layer_start, r.layer_stop],
+            "q_heads": list(r.q_heads), "kv_heads": list(r.kv_heads), "ffn": [r.ffn_start, r.ffn_stop],
+            "load_s": r.load_s, "weight_bytes": r.weight_bytes, "model": r.model_name}
+
+
+def _record_row(rec: RequestRecord) -> dict:
+    row = asdict(rec)
+    row.pop("tokens")
+    row["token_rows"] = rec.token_rows()
+    row["logits"] = [a.tolist() for a in getattr(rec, "logits", [])]
+    return row
+
+
+def record_from_row(row: dict) -> RequestRecord:
+    rec = RequestRecord(row["request_id"], row["prompt_tokens"], stop_reason=row["stop_reason"],
+                        error=row["error"], sent_wall_time=row["sent_wall_time"],
+                        stage_compute_s=row["stage_compute_s"])
+    for t in row["token_rows"]:
+        rec.add_token(t["index"], t["token"], t["arrival_s"], cycle_s=t["cycle_s"], compute_s=t["compute_s"],
+                      collective_s=t["collective_s"], wall_time=t["wall_time"])
+    rec.logits = row.get("logits", [])
+    return rec
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m meshemu.serving.client",
+                                     description="Run a serving job (JSON) and print events as JSON lines.")
+    parser.add_argument("--job", required=True, help="the job file (JSON), or - for stdin")
+    args = parser.parse_args(argv)
+    from meshemu.serving.shard import die_with_parent
+
+    die_with_parent()
+    if args.job == "-":
+        text = sys.stdin.read()
+    else:
+        with open(args.job) as f:
+            text = f.read()
+
+    def emit(event):
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+    try:
+        run_job(json.loads(text), emit)
+    except MeshemuError as err:
+        emit({"event": "error", "message": str(err)})
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""The shard process: one rank of the model behind a gRPC server.
+
+    python -m meshemu.serving.shard --bind 127.0.0.1:0 [--node NAME]
+
+It prints ``READY IP:PORT`` once it listens (port 0: the kernel picks one) and
+serves until SIGTERM, SIGINT or the death of its parent. It runs the same on
+loopback and inside a satellite's network namespace: it only knows the
+address it binds and the addresses it is told in ``Load``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # two BLAS threads per shard collapse on 2 shared cores
+
+import argparse
+import ctypes
+import errno
+import json
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent import futures
+
+import grpc
+
+from meshemu.errors import InputError, MeshemuError
+from meshemu.serving.collectives import ALGORITHMS
+from meshemu.serving.compute import make_compute
+from meshemu.serving.pipeline import Kind, Layout, Session
+from meshemu.serving.rpc import shard_pb2 as pb
+from meshemu.serving.rpc import shard_pb2_grpc as pb_grpc
+from meshemu.serving.tensors import MAX_TENSOR_BYTES, Assembler, TensorError, encode
+from meshemu.serving.transport import SERVER_OPTIONS, Links, frames
+
+DEFAULT_STEP_TIMEOUT_S = 10.0
+POLL_S = 0.1
+
+
+class Shard(pb_grpc.ShardServicer):
+    """The servicer: holds the loaded part of the model, the sessions and the links to peers."""
+
+    def __init__(self, address: str, node: str = "", *, max_tensor_bytes: int = MAX_TENSOR_BYTES,
+                 step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S, max_sessions: int = 256):
+        self.address, self.node = address, node or address
+        self.max_tensor_bytes = max_tensor_bytes
+        self.step_timeout_s = step_timeout_s
+        self.max_sessions = max_sessions
+        self.started = time.monotonic()
+        self.links = Links()
+        self.layout: Layout | None = None
+        self.rank = 0
+        self.compute = None
+        self.algorithm = "ring"
+        self.load_info: dict = {}
+        self._lock = threading.Lock()
+        self.sessions: dict[str, Session] = {}
+        self.ended: OrderedDict = OrderedDict()
+        self.head_requests: dict[str, queue.Queue] = {}
+        self.counters = {"frames_in": 0, "bytes_in": 0, "requests": 0, "requests_failed": 0,
+                         "sessions": 0, "session_errors": 0, "rejected_tensors": 0, "dropped_frames": 0}
+
+    # -- RPCs ------------------------------------------------------------------------------
+    def Load(self, request, context):
+        try:
+            layout = Layout(tuple(request.ranks), request.tp_size, request.n_stages)
+            if request.rank >= layout.size:
+                raise InputError(f"rank {request.rank} outside the {layout.size} ranks")
+            algorithm = request.allreduce or "ring"
+            if algorithm not in ALGORITHMS:
+                raise InputError(f"unknown all-reduce {algorithm!r}: use {' or '.join(ALGORITHMS)}")
+            t0 = time.perf_counter()
+            stage, tp_rank = layout.stage_of(request.rank), layout.tp_rank_of(request.rank)
+            compute = make_compute(request.model, request.compute or "real", stage=stage,
+                                   n_stages=layout.n_stages, tp_rank=tp_rank, tp_size=layout.tp_size,
+                                   peak_flops=request.peak_flops, peak_bandwidth_Bps=request.peak_bandwidth_Bps)
+            load_s = time.perf_counter() - t0
+        except MeshemuError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.node}: {err}")
+        with self._lock:
+            for s in self.sessions.values():
+                s.put(pb.Frame(kind=Kind.END), None)
+            self.layout, self.rank, self.compute, self.algorithm = layout, request.rank, compute, algorithm
+            if request.node:
+                self.node = request.node
+        connected = self._connect_peers(timeout_s=min(10.0, self.step_timeout_s))
+        if connected:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node}: cannot reach {', '.join(connected)}")
+        spec = compute.spec
+        self.load_info = {"model": compute.config.name, "compute": compute.kind, "stage": stage, "tp_rank": tp_rank,
+                          "layers": [spec.layer_start, spec.layer_stop], "load_s": load_s}
+        return pb.LoadReply(rank=request.rank, stage=stage, tp_rank=tp_rank, layer_start=spec.layer_start,
+                            layer_stop=spec.layer_stop, q_heads=spec.q_heads, kv_heads=spec.kv_heads,
+                            ffn_start=spec.ffn_start, ffn_stop=spec.ffn_stop, load_s=load_s,
+                            weight_bytes=int(compute.weight_bytes), model_name=compute.config.name,
+                            config_json=json.dumps(compute.config.to_dict()))
+
+    def _connect_peers(self, timeout_s: float) -> list[str]:
+        """Open the streams to every peer this rank will send to (in parallel); return those not reached."""
+        peers = [self.layout.ranks[r] for r in self.layout.peers(self.rank)]
+        if not peers:
+            return []
+        with futures.ThreadPoolExecutor(max_workers=len(peers)) as pool:
+            ok = list(pool.map(lambda a: self.links.get(a).connect(timeout_s), peers))
+        return [f"{a} (not connected within {timeout_s:g} s)" for a, good in zip(peers, ok) if not good]
+
+    def Exchange(self, request_iterator, context):
+        asm = Assembler(self.max_tensor_bytes)
+        head = None
+        for frame in request_iterator:
+            self.counters["frames_in"] += 1
+            try:
+                if frame.HasField("tensor"):
+                    self.counters["bytes_in"] += len(frame.tensor.data)
+                    if head is None:
+                        head = pb.Frame()
+                        head.CopyFrom(frame)
+                        head.ClearField("tensor")
+                    array = asm.feed(frame.tensor)
+                    if array is None:
+                        continue
+                    meta, head = head, None
+                else:
+                    meta, array = frame, None
+                self.deliver(meta, array)
+            except TensorError as err:
+                self.counters["rejected_tensors"] += 1
+                rid, head = (head.request_id if head is not None else frame.request_id), None
+                asm.reset()
+                self.fail_request(rid, f"rejected a tensor from rank {frame.src_rank}: {err}")
+        return iter(())
+
+    def Generate(self, request, context):
+        if self.layout is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.node}: no model loaded")
+        if self.rank != 0:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{self.node} is rank {self.rank}; requests go to rank 0 ({self.layout.ranks[0]})")
+        cfg = self.compute.config
+        prompt = list(request.prompt)
+        problem = ""
+        if not prompt:
+            problem = "the prompt is empty (0 tokens)"
+        elif min(prompt) < 0 or max(prompt) >= cfg.vocab_size:
+            problem = f"token id outside the vocabulary of {cfg.vocab_size}"
+        elif len(prompt) >= cfg.max_context:
+            problem = f"the prompt is {len(prompt)} tokens; the model's context is {cfg.max_context}"
+        elif request.max_new_tokens < 1:
+            problem = f"max_new_tokens must be >= 1, got {request.max_new_tokens}"
+        elif request.sampling.temperature < 0 or not 0 <= request.sampling.top_p <= 1:
+            problem = "temperature must be >= 0 and top_p in (0, 1]"
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        rid = request.request_id or uuid.uuid4().hex
+        q: queue.Queue = queue.Queue()
+        with self._lock:
+            if rid in self.head_requests or rid in self.sessions:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {rid} is already running")
+            self.head_requests[rid] = q
+        self.counters["requests"] += 1
+        step_timeout = request.step_timeout_s or self.step_timeout_s
+        start = pb.Frame(kind=Kind.START, request_id=rid, step=0, src_rank=0, tokens=prompt,
+                         sampling=request.sampling, max_new_tokens=request.max_new_tokens,
+                         stop_ids=request.stop_ids, return_logits=request.return_logits,
+                         step_timeout_s=step_timeout)
+        failed = True
+        try:
+            yield from self._stream_tokens(q, start, step_timeout, context, rid)
+            failed = False
+        except _ClientGone:
+            pass  # the client cancelled or its deadline passed: nobody to tell
+        finally:
+            if failed:
+                self.counters["requests_failed"] += 1
+            with self._lock:
+                self.head_requests.pop(rid, None)
+            self.send(range(self.layout.size), pb.Frame(kind=Kind.END, request_id=rid, src_rank=0))
+
+    def _stream_tokens(self, q, start, step_timeout, context, rid):
+        """Start the request on stage 0 and yield its tokens as the last stage draws them."""
+        self.send(self.layout.stage_ranks(0), start)
+        t_prev = time.perf_counter()
+        index = 0
+        while True:
+            frame, array = self._next_token(q, step_timeout, context, rid, index)
+            if frame.kind == Kind.ERROR:
+                context.abort(grpc.StatusCode.ABORTED, frame.error)
+            now = time.perf_counter()
+            event = pb.TokenEvent(index=index, token=frame.tokens[0], done=frame.done,
+                                  stop_reason=frame.stop_reason, cycle_s=now - t_prev, timings=frame.timings)
+            if array is not None:
+                event.logits.CopyFrom(encode(array, chunk_bytes=1 << 40)[0])
+            t_prev = now
+            index += 1
+            yield event
+            if frame.done:
+                return
+
+    def _next_token(self, q, step_timeout, context, rid, index):
+        deadline = time.monotonic() + step_timeout
+        while True:
+            try:
+                return q.get(timeout=POLL_S)
+            except queue.Empty:
+                pass
+            if not context.is_active():
+                raise _ClientGone()
+            if time.monotonic() > deadline:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"token {index} of request {rid} did not come within {step_timeout:g} s"
+                              f"{self._diagnosis()}")
+
+    def _diagnosis(self, timeout_s: float = 1.0) -> str:
+        """Which ranks do not answer a health check from here (in parallel, ``timeout_s`` each)."""
+        others = [r for r in range(self.layout.size) if r != self.rank]
+
+        def probe(r):
+            link = self.links.get(self.layout.ranks[r])
+            try:
+                link.stub.Health(pb.HealthRequest(), timeout=timeout_s)
+                return ""
+            except grpc.RpcError as err:
+                return f"rank {r} ({link.address}) {err.code().name}"
+        with futures.ThreadPoolExecutor(max_workers=max(1, len(others))) as pool:
+            bad = [b for b in pool.map(probe, others) if b]
+        return "; not answering the head: " + ", ".join(bad) if bad else " (every rank answers the head)"
+
+    def Health(self, request, context):
+        with self._lock:
+            n = len(self.sessions)
+        return pb.HealthReply(address=self.address, node=self.node, loaded=self.layout is not None,
+                              rank=self.rank, sessions=n, uptime_s=time.monotonic() - self.started,
+                              pid=os.getpid())
+
+    def Metrics(self, request, context):
+        out = dict(self.counters, node=self.node, address=self.address, rank=self.rank,
+                   links=self.links.stats(), load=self.load_info)
+        return pb.MetricsReply(json=json.dumps(out))
+
+    # -- frames ----------------------------------------------------------------------------------
+    def send(self, ranks, meta, array=None) -> None:
+        """Send one message to each of ``ranks`` (to this shard itself without the network)."""
+        batch = None
+        for r in ranks:
+            if r == self.rank:
+                self.deliver(meta, array)
+                continue
+            if batch is None:
+                wire = pb.Frame()
+                wire.CopyFrom(meta)
+                batch = frames(wire, array)
+            self.links.get(self.layout.ranks[r]).send(batch)
+
+    def deliver(self, frame, array) -> None:
+        """Route an incoming frame to the head's request queue and/or the request's session."""
+        rid, kind = frame.request_id, frame.kind
+        if kind in (Kind.TOKEN, Kind.ERROR):
+            q = self.head_requests.get(rid)
+            if q is not None:
+                q.put((frame, array))
+            if kind == Kind.ERROR or self.layout is None or self.layout.stage_of(self.rank) != 0:
+                return
+        session = self._session(rid, create=kind not in (Kind.END,))
+        if session is None:
+            self.counters["dropped_frames"] += 1
+            return
+        if kind == Kind.REDUCE:
+            session.put_piece(frame, array)
+        else:
+            session.put(frame, array)
+
+    def _session(self, rid: str, create: bool) -> Session | None:
+        with self._lock:
+            s = self.sessions.get(rid)
+            if s is not None or not create or rid in self.ended or self.layout is None:
+                return s
+            if len(self.sessions) >= self.max_sessions:
+                return None  # a flood of request ids must not become a flood of threads
+            s = self.sessions[rid] = Session(self, rid, idle_timeout_s=max(30.0, 3 * self.step_timeout_s))
+            self.counters["sessions"] += 1
+        s.start()
+        return s
+
+    def session_ended(self, rid: str) -> None:
+        with self._lock:
+            self.sessions.pop(rid, None)
+            self.ended[rid] = True
+            while len(self.ended) > 4096:
+                self.ended.popitem(last=False)
+
+    def report_error(self, rid: str, message: str) -> None:
+        where = f"rank {self.rank} (stage {self.layout.stage_of(self.rank)}, {self.node}, {self.address})"
+        self.send([0], pb.Frame(kind=Kind.ERROR, request_id=rid, src_rank=self.rank, error=f"{where}: {message}"))
+
+    def fail_request(self, rid: str, message: str) -> None:
+        if self.layout is None:
+            return
+        s = self._session(rid, create=False)
+        if s is not None:
+            s.put(pb.Frame(kind=Kind.END), None)
+        self.report_error(rid, message)
+
+    def close(self) -> None:
+        self.links.close()
+
+
+class _ClientGone(Exception):
+    """The client cancelled or its deadline passed: stop the request quietly."""
+
+
+# -- the process ------------------------------------------------------------------------------
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InputError(f"bad address {text!r}: expected IP:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Raise a one-line :class:`InputError` if ``host:port`` cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            why = {errno.EADDRINUSE: "port in use", errno.EADDRNOTAVAIL: "no such address on this node",
+                   errno.EACCES: "permission denied"}.get(err.errno, err.strerror)
+            raise InputError(f"cannot listen on {host}:{port}: {why}") from None
+
+
+def serve(bind: str, node: str = "", *, step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+          max_tensor_bytes: int = MAX_TENSOR_BYTES, workers: int = 64):
+    """Start a shard server on ``bind``; return ``(server, shard, address)``."""
+    host, port = parse_address(bind)
+    check_bindable(host, port)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+    except RuntimeError as err:
+        raise InputError(f"cannot listen on {host}:{port}: {err}") from None
+    if not bound:
+        raise InputError(f"cannot listen on {host}:{port}")
+    address = f"{host}:{bound}"
+    shard = Shard(address, node, max_tensor_bytes=max_tensor_bytes, step_timeout_s=step_timeout_s)
+    pb_grpc.add_ShardServicer_to_server(shard, server)
+    server.start()
+    return server, shard, address
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meshemu.serving.shard", description=__doc__.split("\n")[0])
+    parser.add_argument("--bind", required=True, metavar="IP:PORT", help="address to listen on (port 0: any)")
+    parser.add_argument("--node", default="", help="name of the node it runs on, for records")
+    parser.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT_S, metavar="S",
+                        help="longest wait for a peer (default %(default)s s)")
+    parser.add_argument("--max-tensor-mb", type=float, default=MAX_TENSOR_BYTES / 2**20, metavar="MB",
+                        help="largest tensor accepted (default %(default)s MiB)")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    try:
+        server, shard, address = serve(args.bind, args.node, step_timeout_s=args.step_timeout,
+                                       max_tensor_bytes=int(args.max_tensor_mb * 2**20))
+    except MeshemuError as err:
+        print(f"meshemu-shard: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"READY {address}", flush=True)
+    stop.wait()
+    server.stop(0.5).wait()
+    shard.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
