@@ -49,7 +49,7 @@ def one_run(args, series, paths, *, model, compute, tp, pp, algorithm, placement
             time_scale=1.0):
     config, _ = load_source(model) if model.startswith(("preset:", "tiny:")) else (None, None)
     if config is None:
-        from meshemu.cli.serve import describe_model
+        from meshemu.serving.session import describe_model
 
         _, config, _ = describe_model(model)
     nodes = place(placement, tp * pp, paths, args.ground_station)

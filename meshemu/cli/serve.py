@@ -12,6 +12,8 @@ import sys
 import time
 import uuid
 
+from meshemu.serving.session import describe_model, make_context, run_in_mesh
+
 
 def register(commands, benches):
     bench = benches.add_parser(
@@ -67,41 +69,6 @@ def wants_shards(args) -> bool:
     return bool(args.loopback or args.constellation or args.tp != 1 or args.pp != 1
                 or args.compute != "real" or args.requests != 1 or args.metrics
                 or str(args.model or "").startswith(("tiny:", "preset:")))
-
-
-# -- the model's description, without loading its weights here -----------------------------------
-def describe_model(model):
-    """``(source string for the shards, config, tokenizer or None)``."""
-    from pathlib import Path
-
-    from meshemu.errors import InputError
-    from meshemu.serving.compute import load_source
-
-    if model and model.startswith("preset:"):
-        config, _ = load_source(model)
-        return model, config, None
-    if model and model.startswith("tiny:"):
-        from meshemu.model.tiny import tiny_tokenizer
-
-        config, _ = load_source(model)
-        return model, config, tiny_tokenizer() if config.vocab_size == 320 else None
-    from meshemu.model.load import default_model_path
-
-    path = default_model_path() if model is None else Path(model)
-    if path.is_dir():
-        from meshemu.model.hf import _read_json, config_from_hf
-        from meshemu.model.tokenizer import tokenizer_from_hf_dir
-
-        config = config_from_hf(_read_json(path / "config.json"), file=path, name=path.name)
-        tok = (tokenizer_from_hf_dir(path, bos_token_id=config.bos_token_id, eos_token_ids=config.eos_token_ids)
-               if (path / "tokenizer.json").is_file() else None)
-        return str(path), config, tok
-    if not path.exists():
-        raise InputError("no such file or directory", file=path)
-    from meshemu.model.gguf import _open, config_from_gguf, tokenizer_from_gguf
-
-    reader = _open(path)
-    return str(path), config_from_gguf(reader, file=path), tokenizer_from_gguf(reader, file=path)
 
 
 def _prompt_ids(args, config, tok) -> tuple[list[int], frozenset]:
@@ -205,50 +172,22 @@ class _Streamer:
 
 
 def _context(args, config, device, rank_nodes, client_node, paths, run):
-    from meshemu.model.partition import pipeline_ranges
-    from meshemu.serving.predict import DEFAULT_OVERHEAD_S
-    from meshemu.serving.report import RunContext
-
-    layers = [b - a for a, b in pipeline_ranges(config.n_layers, args.pp)]
-    ctx = RunContext(tp=args.tp, pp=args.pp, algorithm=args.allreduce, layers=layers, rank_nodes=list(rank_nodes),
-                     client_node=client_node, activation_bytes=config.hidden_size * (2 if device else 4),
-                     overhead_s=(args.hop_overhead_ms / 1e3) if args.hop_overhead_ms is not None
-                     else DEFAULT_OVERHEAD_S)
-    if paths is not None:
-        delayed = run.backend != "none"
-        ctx.one_way_at = (lambda k: (lambda a, b: paths.one_way_s(k, a, b))) if delayed else (lambda k: (lambda a, b: 0.0))
-        ctx.step_at = run.step_at
-        ctx.route_at = paths.route
-    return ctx
+    return make_context(config, device, tp=args.tp, pp=args.pp, allreduce=args.allreduce, rank_nodes=rank_nodes,
+                        client_node=client_node, paths=paths, run=run, hop_overhead_ms=args.hop_overhead_ms)
 
 
 def _run_in_mesh(args, config, device, job, on_event):
-    from meshemu.constellation import (
-        TimeGrid,
-        default_ground_stations,
-        load_constellation,
-    )
+    from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation
     from meshemu.links import compute_link_series
-    from meshemu.serving.mesh import serve_in_mesh
-    from meshemu.serving.placement import MeshPaths, place
 
     c = load_constellation(args.constellation)
     series = compute_link_series(c, default_ground_stations(), TimeGrid.from_window(
         c.epoch_utc, start_s=args.start_s, duration_s=args.duration_s, step_s=args.step_s))
-    paths = MeshPaths(series)
-    gs = paths.names[paths.node(args.ground_station)]
-    rank_nodes = place(args.placement, args.tp * args.pp, paths, gs)
-    print(f"meshemu: placement {args.placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(rank_nodes))
-          + f"; client at {gs}", file=sys.stderr)
-    run = serve_in_mesh(series, job, ground_station=gs, rank_nodes=rank_nodes, shaper=args.shaper,
-                        time_scale=args.time_scale, step_timeout_s=args.step_timeout, on_event=on_event)
-    info = {"mode": "mesh", "constellation": c.name, "ground_station": gs, "placement": args.placement,
-            "rank_nodes": rank_nodes, "addresses": run.addresses, "backend": run.backend,
-            "start_s": args.start_s, "step_s": args.step_s, "time_scale": args.time_scale,
-            "player": run.play_summary}
-    if run.backend == "none":
-        print("meshemu: shaper none: links carry no delay; predictions use zero path delays", file=sys.stderr)
-    return _context(args, config, device, rank_nodes, gs, paths, run), info
+    mesh = run_in_mesh(series, job, ground_station=args.ground_station, placement=args.placement,
+                       shaper=args.shaper, time_scale=args.time_scale, step_timeout_s=args.step_timeout,
+                       on_event=on_event, log=lambda line: print(f"meshemu: {line}", file=sys.stderr))
+    info = dict(mesh.info, start_s=args.start_s, step_s=args.step_s)
+    return _context(args, config, device, mesh.rank_nodes, mesh.ground_station, mesh.paths, mesh.run), info
 
 
 def _report(args, records, ctx, info, loaded, metrics, config, wall_s) -> None:

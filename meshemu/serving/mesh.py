@@ -32,6 +32,7 @@ class MeshRun:
     client_node: str
     backend: str
     step_times: list = field(default_factory=list)   # (step, time.time() when applied)
+    step_records: list = field(default_factory=list)  # the player's StepRecords
     events: list = field(default_factory=list)
     play_summary: dict = field(default_factory=dict)
 
@@ -51,12 +52,13 @@ class _Stopped(Exception):
 
 def serve_in_mesh(series, job: dict, *, ground_station: str, rank_nodes: list, shaper: str = "auto",
                   prefix: str | None = None, start_step: int = 0, time_scale: float = 1.0,
-                  step_timeout_s: float = 10.0, on_event=None, log=None) -> MeshRun:
+                  step_timeout_s: float = 10.0, on_event=None, on_step=None, log=None) -> MeshRun:
     """Build the mesh, start a shard on each of ``rank_nodes`` and run ``job`` from ``ground_station``.
 
     ``job`` is a :func:`~meshemu.serving.client.run_job` job whose plan lacks
     ``ranks`` and ``nodes`` (filled in here). ``on_event(event)`` sees each of
-    the client's events as it arrives. Everything started is stopped on return.
+    the client's events as it arrives; ``on_step(emulation, record)`` runs in the
+    player's thread after each step is applied. Everything started is stopped on return.
     """
     from meshemu.emulation.emulation import Emulation
     from meshemu.emulation.kernel import require_root
@@ -84,8 +86,13 @@ def serve_in_mesh(series, job: dict, *, ground_station: str, rank_nodes: list, s
 
         def play():
             try:
-                report = player.play(start_step, series.n_steps - start_step,
-                                     on_step=lambda rec: run.step_times.append((rec.step, time.time())))
+                def stepped(rec):
+                    run.step_times.append((rec.step, time.time()))
+                    run.step_records.append(rec)
+                    if on_step is not None:
+                        on_step(emu, rec)
+
+                report = player.play(start_step, series.n_steps - start_step, on_step=stepped)
                 run.play_summary = report.summary()
             except _Stopped:
                 pass
