@@ -14,7 +14,7 @@ import sys
 
 from meshemu.errors import MeshemuError
 
-_MODULES = ("topology", "emulate", "model", "serve")
+_MODULES = ("topology", "emulate", "model", "serve", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:

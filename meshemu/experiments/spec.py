@@ -125,8 +125,7 @@ def set_field(spec, dotted: str, value):
     """A copy of ``spec`` with the dotted field set (validated as if read from YAML)."""
     head, _, rest = dotted.partition(".")
     if not rest:
-        current = {f.name: getattr(spec, f.name) for f in fields(spec) if f.init}
-        return from_mapping(type(spec), {**_plain(current), head: value})
+        return from_mapping(type(spec), {**_plain(spec), head: value})
     return replace(spec, **{head: set_field(getattr(spec, head), rest, value)})
 
 
@@ -137,8 +136,17 @@ def expand(spec: ExperimentSpec) -> list[ExperimentSpec]:
     out = []
     for value in spec.sweep.values:
         one = set_field(replace(spec, sweep=None), spec.sweep.field, value)
-        out.append(replace(one, name=f"{spec.name}-{spec.sweep.field.split('.')[-1]}{value}", source=spec.source))
+        out.append(replace(one, name=f"{spec.name}-{_label(spec.sweep.field, value)}", source=spec.source))
     return out
+
+
+def _label(dotted: str, value) -> str:
+    """A folder name for one sweep value: ``tp2``, ``plane``, ``tp2-pp2-direct``."""
+    if isinstance(value, dict):
+        return "-".join(f"{k}{v}" if isinstance(v, (int, float)) else str(v) for k, v in value.items())
+    if isinstance(value, (int, float)):
+        return f"{dotted.split('.')[-1]}{value}"
+    return str(value).replace(":", "-").replace("/", "-")
 
 
 def _plain(obj):

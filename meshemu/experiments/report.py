@@ -1,0 +1,155 @@
+"""Figures and ``report.md`` for a results folder (and for a sweep's comparison)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from meshemu.experiments.plots import _pyplot, plot_rtt_and_hops
+
+
+def _fmt(v, digits=1):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def plot_token_latency(result, path):
+    """Inter-token latency over time for each request, the prediction at each token's step beside it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for i, req in enumerate(result.requests):
+        toks = [t for t in result.tokens if t.get("request") == req.get("request") and t["index"] > 0]
+        if not toks:
+            continue
+        x = [t["wall_time"] - result.tokens[0]["wall_time"] for t in toks]
+        ax.plot(x, [t["cycle_s"] * 1e3 for t in toks], ".", color=f"C{i % 10}", markersize=4,
+                label=f"request {req.get('request')} measured" if i < 6 else None)
+        pred = [t.get("predicted_cycle_s") for t in toks]
+        if all(v is not None for v in pred):
+            ax.plot(x, [v * 1e3 for v in pred], "-", color=f"C{i % 10}", alpha=0.6,
+                    label=f"request {req.get('request')} predicted" if i < 6 else None)
+    ax.set_xlabel("time since the first token (s)")
+    ax.set_ylabel("time per output token (ms)")
+    ax.set_title(f"{result.spec.name}: {result.spec.parallelism.label}, TPOT per token as the constellation moves")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_predicted_vs_measured(labels, measured, predicted, path, title):
+    """Grouped bars: TTFT and TPOT (ms), measured beside predicted, one group per label."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(labels))
+    for ax, key, name in zip(axes, ("ttft_ms", "tpot_ms"), ("TTFT", "TPOT")):
+        m = [v.get(key) or 0.0 for v in measured]
+        p = [v.get(f"predicted_{key}") or 0.0 for v in predicted]
+        ax.bar(x - 0.2, m, 0.4, label="measured")
+        ax.bar(x + 0.2, p, 0.4, label="predicted")
+        ax.set_xticks(x, labels, rotation=20, fontsize=8)
+        ax.set_ylabel(f"{name} (ms)")
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _measured_probes(result, series, paths):
+    out = {}
+    for p in result.probes:
+        if p.measured_rtt_ms is None:
+            continue
+        out.setdefault((paths.node(p.src), paths.node(p.dst)), ([], []))
+        t, rtt = out[(paths.node(p.src), paths.node(p.dst))]
+        t.append(float(series.times_s[p.step]))
+        rtt.append(p.measured_rtt_ms)
+    return {k: (np.array(a), np.array(b)) for k, (a, b) in out.items()}
+
+
+def write_report(result, series, mesh) -> None:
+    folder, spec, s = result.folder, result.spec, result.summary
+    node = mesh.paths.node
+    pairs = [(node(mesh.ground_station), node(mesh.rank_nodes[0]))] + [(node(a), node(b)) for a, b in spec.probes]
+    plot_rtt_and_hops(series, pairs, folder / "rtt_hops.png", measured=_measured_probes(result, series, mesh.paths),
+                      title=f"{spec.name}: RTT and hops, client to rank 0 and probes (dotted: route changes)")
+    plot_token_latency(result, folder / "tpot.png")
+    ok = [r for r in result.requests if not r.get("error")]
+    rows = [{"ttft_ms": (r.get("ttft_s") or 0) * 1e3, "tpot_ms": (r.get("tpot_s") or 0) * 1e3,
+             "predicted_ttft_ms": (r.get("predicted_ttft_s") or 0) * 1e3,
+             "predicted_tpot_ms": (r.get("predicted_tpot_s") or 0) * 1e3} for r in ok]
+    plot_predicted_vs_measured([f"request {r.get('request')}" for r in ok], rows, rows,
+                               folder / "predicted_vs_measured.png", f"{spec.name}: measured beside predicted")
+    meta = json.loads((folder / "run.json").read_text())
+    caps = meta.get("capabilities") or {}
+    route_changes = sum(1 for k in range(1, series.n_steps)
+                        if mesh.paths.route(k, mesh.ground_station, mesh.rank_nodes[0])
+                        != mesh.paths.route(k - 1, mesh.ground_station, mesh.rank_nodes[0]))
+    lines = [
+        f"# {spec.name}", "", spec.description or "", "",
+        "## Set-up", "",
+        "| | |", "|---|---|",
+        f"| constellation | {series.constellation}, {series.n_satellites} satellites, "
+        f"{series.n_ground_stations} ground stations |",
+        f"| window | {spec.window.start_s:g}-{spec.window.start_s + spec.window.duration_s:g} s at "
+        f"{spec.window.step_s:g} s steps, played at {spec.time_scale:g}x |",
+        f"| shaping | {meta['backend']} (kernel {caps.get('kernel', '?')}, netem "
+        f"{'present' if caps.get('netem') else 'absent'}) |",
+        f"| model | {meta['model']}, compute {spec.model.compute} |",
+        f"| parallelism | tp {spec.parallelism.tp} x pp {spec.parallelism.pp}, {spec.parallelism.allreduce} all-reduce |",
+        f"| placement | {spec.placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(mesh.rank_nodes)) + " |",
+        f"| client | {mesh.ground_station} |",
+        f"| workload | {spec.workload.requests} requests of {spec.workload.max_new_tokens} tokens, "
+        f"{spec.workload.concurrency} at a time |",
+        "", "## Results", "",
+        "| requests | failed | TTFT ms (predicted) | TPOT ms (predicted) | error | decode tok/s | end-to-end s |",
+        "|---|---|---|---|---|---|---|",
+        f"| {s['requests']} | {s['failed']} | {_fmt(s['ttft_ms'])} ({_fmt(s['predicted_ttft_ms'])}) | "
+        f"{_fmt(s['tpot_ms'])} ({_fmt(s['predicted_tpot_ms'])}) | {_fmt(s['tpot_error_pct'])} % | "
+        f"{_fmt(s['decode_tokens_per_s'])} | {_fmt(s['e2e_s'], 2)} |",
+        "",
+    ]
+    failed = [r for r in result.requests if r.get("error")]
+    if failed:
+        lines += ["Failed requests: " + "; ".join(f"request {r.get('request')}: {r['error']}" for r in failed), ""]
+    probe = meta.get("probes") or {}
+    player = meta.get("player") or {}
+    lines += [
+        f"The route from {mesh.ground_station} to rank 0 changed {route_changes} times in the whole window. "
+        f"While the workload ran, the player applied {player.get('steps', 0)} steps "
+        f"(series time {_fmt(player.get('first_t_s'))}-{_fmt(player.get('last_t_s'))} s; apply p99 "
+        f"{_fmt(player.get('apply_p99_ms'))} ms, lateness p99 {_fmt(player.get('late_p99_ms'))} ms) and "
+        f"{player.get('link_changes', 0)} link states and {player.get('route_changes', 0)} routes changed.",
+        "",
+        (f"RTT probed on the live mesh: error median {_fmt(probe.get('median_ms'), 3)} ms, "
+         f"p99 {_fmt(probe.get('p99_ms'), 3)} ms over {probe.get('probes', 0)} probes ({probe.get('lost', 0)} lost)."
+         if "median_ms" in probe else "No RTT probe came back during the run."),
+        "", "## Figures", "",
+        "![RTT and hops](rtt_hops.png)", "", "![TPOT per token](tpot.png)", "",
+        "![Predicted vs measured](predicted_vs_measured.png)", "",
+        "Files: `config.yaml`, `run.json`, `steps.csv`, `link_events.csv`, `routes.csv`, `probes.csv`, "
+        "`requests.jsonl`, `summary.csv`.", "",
+    ]
+    (folder / "report.md").write_text("\n".join(lines))
+
+
+def write_sweep_report(spec, results, out) -> None:
+    labels = [r.spec.name.removeprefix(spec.name + "-") for r in results]
+    plot_predicted_vs_measured(labels, [r.summary for r in results], [r.summary for r in results],
+                               out / "comparison.png", f"{spec.name}: sweep over {spec.sweep.field}")
+    lines = [f"# {spec.name}", "", spec.description or "", "",
+             f"A sweep over `{spec.sweep.field}`: one experiment per value, each in its own folder.", "",
+             "| value | parallelism | placement | TTFT ms (pred.) | TPOT ms (pred.) | error | decode tok/s | failed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, r in zip(labels, results):
+        s = r.summary
+        lines.append(f"| [{label}]({r.folder.name}/report.md) | tp {s['tp']} x pp {s['pp']} {s['allreduce']} | "
+                     f"{s['placement']} | {_fmt(s['ttft_ms'])} ({_fmt(s['predicted_ttft_ms'])}) | "
+                     f"{_fmt(s['tpot_ms'])} ({_fmt(s['predicted_tpot_ms'])}) | {_fmt(s['tpot_error_pct'])} % | "
+                     f"{_fmt(s['decode_tokens_per_s'])} | {s['failed']} |")
+    lines += ["", "![comparison](comparison.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
