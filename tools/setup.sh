@@ -37,6 +37,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# netem: Ubuntu's cloud kernels keep sch_netem in linux-modules-extra. Where the
+# kernel has no netem at all (this project's CI machine), the emulator uses its
+# NFQUEUE delay line instead, so a failure here is not an error.
+if ! modprobe -q sch_netem 2>/dev/null; then
+  if grep -qi ubuntu /etc/os-release 2>/dev/null; then
+    say "installing linux-modules-extra-$(uname -r) for sch_netem"
+    apt-get install -y -qq "linux-modules-extra-$(uname -r)" >/dev/null 2>&1 || true
+    modprobe -q sch_netem 2>/dev/null || true
+  fi
+fi
+if modprobe -q sch_netem 2>/dev/null; then say "sch_netem: available"; else say "sch_netem: not available (the delay line will shape links)"; fi
+
 # A virtual environment on the system's python3 that also sees its
 # dist-packages: that is how Python finds Debian's Mininet library.
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import mininet' 2>/dev/null; then
@@ -61,7 +73,7 @@ echo "44 meshemu" > /etc/iproute2/rt_protos.d/meshemu.conf
 
 case "$action" in
   install) say "done: try 'meshemu --help'" ;;
-  run)  exec "$venv/bin/meshemu" rtt --constellation demo --from Paris --to Moscow --duration 60 --step 5 "$@" ;;
+  run)  exec "$venv/bin/meshemu" run experiments/quickstart.yaml --out results/quickstart "$@" ;;
   test) exec "$venv/bin/python" -m pytest "$@" ;;
   *) say "unknown action '$action': use run, test or nothing"; exit 2 ;;
 esac

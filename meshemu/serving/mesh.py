@@ -11,7 +11,6 @@ applied, so every token can be matched with the step and routes in force.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from meshemu.emulation.naming import DEFAULT_PREFIX
 from meshemu.errors import MeshemuError
 from meshemu.serving.launch import ShardProcesses, stderr_text
 
@@ -65,7 +65,7 @@ def serve_in_mesh(series, job: dict, *, ground_station: str, rank_nodes: list, s
     from meshemu.emulation.player import Player
 
     require_root()
-    prefix = prefix or f"srv{os.getpid()}"
+    prefix = prefix or DEFAULT_PREFIX  # what meshemu clean removes after a kill -9
     with Emulation(series, shaper=shaper, prefix=prefix, log=log) as emu, ShardProcesses() as procs:
         emu_plan = emu.plan
         ids = [emu_plan.node(n) for n in rank_nodes]
