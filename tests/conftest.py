@@ -1,4 +1,7 @@
-"""Fixtures shared across layers: small scenarios and Hypatia-format input files."""
+"""Fixtures shared across layers: small scenarios, Hypatia-format input files, and root-only tests."""
+
+import os
+import shutil
 
 import pytest
 
@@ -49,3 +52,26 @@ def write_hypatia_starlink(folder, planes=72, per_plane=22):
 @pytest.fixture(scope="session")
 def hypatia_dir(tmp_path_factory):
     return write_hypatia_starlink(tmp_path_factory.mktemp("hypatia"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked root are skipped, with the reason, where we are not root."""
+    if os.geteuid() == 0 and shutil.which("ip") and shutil.which("nsenter"):
+        return
+    skip = pytest.mark.skip(reason="needs root, iproute2 and nsenter (network namespaces); CI runs as root")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def prefix():
+    """A namespace prefix of this test run's own, and a check that nothing is left after the test."""
+    from meshemu.emulation.clean import clean
+    from meshemu.emulation.mesh import existing_namespaces
+
+    p = f"mt{os.getpid()}"
+    yield p
+    left = existing_namespaces(p)
+    clean(p)
+    assert not left, f"the test left namespaces behind: {left}"

@@ -137,10 +137,31 @@ def write_report(result, series, mesh) -> None:
     (folder / "report.md").write_text("\n".join(lines))
 
 
+def plot_sweep_tpot(labels, results, path, title):
+    """Time per output token over each run's time, one colour per sweep value (log scale: layouts differ 100x)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for i, (label, r) in enumerate(zip(labels, results)):
+        toks = [t for t in r.tokens if t["index"] > 0]
+        if toks:
+            t0 = r.tokens[0]["wall_time"]
+            ax.plot([t["wall_time"] - t0 for t in toks], [t["cycle_s"] * 1e3 for t in toks], ".", markersize=4,
+                    color=f"C{i}", label=f"{label}: TPOT {_fmt(r.summary.get('tpot_ms'))} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("time since the run's first token (s)")
+    ax.set_ylabel("time per output token (ms)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_sweep_report(spec, results, out) -> None:
     labels = [r.spec.name.removeprefix(spec.name + "-") for r in results]
     plot_predicted_vs_measured(labels, [r.summary for r in results], [r.summary for r in results],
                                out / "comparison.png", f"{spec.name}: sweep over {spec.sweep.field}")
+    plot_sweep_tpot(labels, results, out / "tpot.png", f"{spec.name}: time per token as the constellation moves")
     lines = [f"# {spec.name}", "", spec.description or "", "",
              f"A sweep over `{spec.sweep.field}`: one experiment per value, each in its own folder.", "",
              "| value | parallelism | placement | TTFT ms (pred.) | TPOT ms (pred.) | error | decode tok/s | failed |",
@@ -151,5 +172,5 @@ def write_sweep_report(spec, results, out) -> None:
                      f"{s['placement']} | {_fmt(s['ttft_ms'])} ({_fmt(s['predicted_ttft_ms'])}) | "
                      f"{_fmt(s['tpot_ms'])} ({_fmt(s['predicted_tpot_ms'])}) | {_fmt(s['tpot_error_pct'])} % | "
                      f"{_fmt(s['decode_tokens_per_s'])} | {s['failed']} |")
-    lines += ["", "![comparison](comparison.png)", ""]
+    lines += ["", "![comparison](comparison.png)", "", "![TPOT over time](tpot.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

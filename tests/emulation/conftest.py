@@ -1,20 +1,9 @@
-import os
-import shutil
+"""A hand-made link series small enough to reason about, for the emulation tests."""
 
 import numpy as np
 import pytest
 
 from meshemu.links import LinkSeries
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked root are skipped, with the reason, where we are not root."""
-    if os.geteuid() == 0 and shutil.which("ip"):
-        return
-    skip = pytest.mark.skip(reason="needs root and iproute2 (network namespaces); CI runs as root")
-    for item in items:
-        if "root" in item.keywords:
-            item.add_marker(skip)
 
 
 def square_series() -> LinkSeries:
@@ -44,16 +33,3 @@ def square_series() -> LinkSeries:
 @pytest.fixture
 def square():
     return square_series()
-
-
-@pytest.fixture
-def prefix():
-    """A namespace prefix of this test run's own, and a check that nothing is left after the test."""
-    from meshemu.emulation.clean import clean
-    from meshemu.emulation.mesh import existing_namespaces
-
-    p = f"mt{os.getpid()}"
-    yield p
-    left = existing_namespaces(p)
-    clean(p)
-    assert not left, f"the test left namespaces behind: {left}"

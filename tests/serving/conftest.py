@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 from meshemu.model import Transformer, generate
@@ -12,16 +9,6 @@ from meshemu.model.tiny import random_weights, tiny_config
 from meshemu.serving.launch import ShardProcesses, start_loopback
 
 POOL = 6  # enough for tp 3 x pp 2
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked root are skipped, with the reason, where we are not root."""
-    if os.geteuid() == 0 and shutil.which("ip") and shutil.which("nsenter"):
-        return
-    skip = pytest.mark.skip(reason="needs root, iproute2 and nsenter (network namespaces); CI runs as root")
-    for item in items:
-        if "root" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """Serving inside an emulated mesh (root): the same tokens as the whole model, and delays that show."""
 
-import os
 
 import pytest
 
@@ -20,18 +19,6 @@ def small_series():
     c = load_constellation("demo")
     stations = [s for s in default_ground_stations() if s.name in ("Tokyo", "Paris", "New York")]
     return compute_link_series(c, stations, TimeGrid.from_window(c.epoch_utc, start_s=0, duration_s=30, step_s=1))
-
-
-@pytest.fixture
-def prefix():
-    from meshemu.emulation.clean import clean
-    from meshemu.emulation.mesh import existing_namespaces
-
-    p = f"srv{os.getpid()}"
-    yield p
-    left = existing_namespaces(p)
-    clean(p)
-    assert not left, f"the test left namespaces behind: {left}"
 
 
 def run(series, prefix, tp, pp, algorithm, placement, shaper, n=6):
