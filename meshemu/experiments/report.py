@@ -71,7 +71,7 @@ def _measured_probes(result, series, paths):
     return {k: (np.array(a), np.array(b)) for k, (a, b) in out.items()}
 
 
-def write_report(result, series, mesh) -> None:
+def write_report(result, series, mesh, routes=()) -> None:
     folder, spec, s = result.folder, result.spec, result.summary
     node = mesh.paths.node
     pairs = [(node(mesh.ground_station), node(mesh.rank_nodes[0]))] + [(node(a), node(b)) for a, b in spec.probes]
@@ -86,9 +86,8 @@ def write_report(result, series, mesh) -> None:
                                folder / "predicted_vs_measured.png", f"{spec.name}: measured beside predicted")
     meta = json.loads((folder / "run.json").read_text())
     caps = meta.get("capabilities") or {}
-    route_changes = sum(1 for k in range(1, series.n_steps)
-                        if mesh.paths.route(k, mesh.ground_station, mesh.rank_nodes[0])
-                        != mesh.paths.route(k - 1, mesh.ground_station, mesh.rank_nodes[0]))
+    client_paths = [r["path"] for r in routes if r["src"] == mesh.ground_station and r["dst"] == mesh.rank_nodes[0]]
+    route_changes = sum(a != b for a, b in zip(client_paths, client_paths[1:]))
     lines = [
         f"# {spec.name}", "", spec.description or "", "",
         "## Set-up", "",

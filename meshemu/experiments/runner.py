@@ -150,8 +150,13 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None) -> ExperimentRe
     _write(result, series, mesh, captured, wall_s, config, error_summary(probes))
     from meshemu.experiments.report import write_report
 
-    write_report(result, series, mesh)
+    write_report(result, series, mesh, routes=_read_routes(folder))
     return result
+
+
+def _read_routes(folder) -> list[dict]:
+    with open(folder / "routes.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def _mean(rows, key):
@@ -200,15 +205,7 @@ def _write(result, series, mesh, captured, wall_s, config, probe_summary) -> Non
                                "a": series.node_names[a], "b": series.node_names[b],
                                "link": "gsl" if b >= series.n_satellites else "isl"})
     _csv(folder / "link_events.csv", events, ("t_s", "step", "event", "a", "b", "link"))
-    routes = []
-    pairs = [(mesh.ground_station, mesh.rank_nodes[0])] + [tuple(p) for p in result.spec.probes]
-    for k in range(series.n_steps):
-        for a, b in pairs:
-            path = mesh.paths.route(k, a, b)
-            rtt = 2 * mesh.paths.one_way_s(k, a, b)
-            routes.append({"t_s": float(series.times_s[k]), "step": k, "src": a, "dst": b,
-                           "rtt_ms": round(rtt * 1e3, 4) if rtt != float("inf") else None,
-                           "hops": len(path) - 1 if path else None, "path": " ".join(path)})
+    routes = route_rows(series, mesh, result.spec.probes)
     _csv(folder / "routes.csv", routes, ("t_s", "step", "src", "dst", "rtt_ms", "hops", "path"))
     _csv(folder / "probes.csv", [p.as_dict() for p in result.probes],
          ("t_s", "step", "src", "dst", "expected_rtt_ms", "measured_rtt_ms"))
@@ -216,6 +213,26 @@ def _write(result, series, mesh, captured, wall_s, config, probe_summary) -> Non
         for row in result.requests + result.tokens:
             f.write(json.dumps(row, default=str) + "\n")
     _csv(folder / "summary.csv", [result.summary], SUMMARY_COLUMNS)
+
+
+def route_rows(series, mesh, probes=()) -> list[dict]:
+    """The routed path and RTT between the client and rank 0 and between probe pairs, at every step.
+
+    One single-source Dijkstra per pair and step (not a whole forwarding table: at
+    Starlink scale that is 0.4 s a step).
+    """
+    from meshemu.routing import shortest_route
+
+    names = mesh.paths.names
+    pairs = [(mesh.ground_station, mesh.rank_nodes[0])] + [tuple(p) for p in probes]
+    rows = []
+    for k in range(series.n_steps):
+        for a, b in pairs:
+            r = shortest_route(series, k, mesh.paths.node(a), mesh.paths.node(b))
+            rows.append({"t_s": float(series.times_s[k]), "step": k, "src": a, "dst": b,
+                         "rtt_ms": round(r.rtt_s * 1e3, 4) if r.reachable else None,
+                         "hops": r.hops if r.reachable else None, "path": " ".join(names[v] for v in r.nodes)})
+    return rows
 
 
 def _csv(path, rows, columns=None) -> None:

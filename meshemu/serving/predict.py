@@ -75,6 +75,30 @@ def allreduce_s(algorithm: str, t: int, alpha_s: float, nbytes: float, overhead_
     return alpha_s + (t - 1) * (overhead_s + nbytes / bandwidth_Bps)
 
 
+def ring_allreduce_s(link_s, nbytes: float, overhead_s: float, bandwidth_Bps: float) -> float:
+    """A ring all-reduce over links of unequal delay (``link_s[j]``: rank j to rank j+1, one way).
+
+    The ring is not lock-step: rank j starts step i as soon as its predecessor's
+    piece of step i-1 has arrived, so a long link delays the pieces that cross
+    it, not every step of every rank. Finish times follow
+    ``r_i[j] = max(r_{i-1}[j], r_{i-1}[j-1] + link_s[j-1] + o + (n/t)/B)`` over
+    2(t-1) steps; with equal links this is the textbook 2(t-1)(alpha + o) + 2(t-1)/t n/B.
+
+    >>> round(ring_allreduce_s([0.005] * 4, 4096, 0.0, float("inf")), 4)
+    0.03
+    >>> round(ring_allreduce_s([0.005, 0.005, 0.005, 0.020], 4096, 0.0, float("inf")), 4)  # not 6 x 20 ms
+    0.06
+    """
+    t = len(link_s)
+    if t <= 1:
+        return 0.0
+    step = [d + overhead_s + nbytes / t / bandwidth_Bps for d in link_s]
+    ready = [0.0] * t
+    for _ in range(2 * (t - 1)):
+        ready = [max(ready[j], ready[j - 1] + step[j - 1]) for j in range(t)]
+    return max(ready)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Predicted time of one token, and of the first, with its parts."""
@@ -121,13 +145,15 @@ class Prediction:
             if tp == 1:
                 return 0.0
             if algorithm == "ring":
-                alpha = max(delay(node(s, j), node(s, (j + 1) % tp)) for j in range(tp))
-                piece, messages = nbytes / tp, 2 * (tp - 1)
+                links = [delay(node(s, j), node(s, (j + 1) % tp)) for j in range(tp)]
+                alpha, piece, messages = max(links), nbytes / tp, 2 * (tp - 1)
+                base = ring_allreduce_s(links, nbytes, overhead_s, bandwidth_Bps)
             else:
                 alpha = max(delay(node(s, i), node(s, j)) for i in range(tp) for j in range(tp) if i != j)
                 piece, messages = nbytes, 1
+                base = allreduce_s(algorithm, tp, alpha, nbytes, overhead_s, bandwidth_Bps)
             extra = 2 * alpha * slow_start_rounds(piece) * messages if idle else 0.0
-            return allreduce_s(algorithm, tp, alpha, nbytes, overhead_s, bandwidth_Bps) + extra
+            return base + extra
 
         def hop(s, nbytes, idle):
             """Stage s hands on to s+1; the last stage hands its token to every rank of stage 0."""
