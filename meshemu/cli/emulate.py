@@ -48,6 +48,8 @@ def _emulation_args(p):
                    help="link delay backend: netem where the kernel has it, else the NFQUEUE delay line (auto)")
     g.add_argument("--time-scale", type=float, default=1.0, metavar="X",
                    help="play X times faster than real time (1)")
+    g.add_argument("--catch-up", default="jump", choices=("jump", "replay"),
+                   help="more than a step behind the clock: jump to the step due now, or replay every step (jump)")
     g.add_argument("--rate-mbps", type=float, metavar="MBPS", help="per-link rate limit (netem)")
     g.add_argument("--loss", type=float, default=0.0, metavar="P", help="per-link loss probability (netem)")
     g.add_argument("--prefix", default="meshemu", help="namespace prefix (meshemu)")
@@ -76,12 +78,13 @@ def run_emulate(args) -> int:
     scenario = load_scenario(args)
     series = compute_series(scenario)
     with _emulation(args, series) as emu:
-        player = Player(emu, time_scale=args.time_scale)
+        player = Player(emu, time_scale=args.time_scale, catch_up=args.catch_up)
 
         def show(rec):
             print(f"meshemu: step {rec.step:4d} t={rec.t_s:8.1f}s  late {rec.late_s * 1e3:7.2f} ms  "
                   f"apply {rec.apply_s * 1e3:7.2f} ms  links +{rec.link_up}/-{rec.link_down}  "
-                  f"delays {rec.delay_changes}  routes {rec.route_changes}", file=sys.stderr)
+                  f"delays {rec.delay_changes}  routes {rec.route_changes}"
+                  + (f"  (jumped {rec.skipped} steps to catch up)" if rec.skipped else ""), file=sys.stderr)
 
         if args.cli:
             from mininet.cli import CLI
@@ -108,7 +111,8 @@ def run_emulate(args) -> int:
         if summary:
             print(f"meshemu: {summary['steps']} steps; apply p50 {summary['apply_p50_ms']:.1f} ms, "
                   f"p99 {summary['apply_p99_ms']:.1f} ms; late p50 {summary['late_p50_ms']:.1f} ms, "
-                  f"p99 {summary['late_p99_ms']:.1f} ms, max {summary['late_max_ms']:.1f} ms", file=sys.stderr)
+                  f"p99 {summary['late_p99_ms']:.1f} ms, max {summary['late_max_ms']:.1f} ms; "
+                  f"{summary['skipped_steps']} steps jumped over", file=sys.stderr)
         if args.out:
             _write_run(Path(args.out), args, emu, records, summary)
     return 0
@@ -150,7 +154,7 @@ def run_probe(args) -> int:
         def at_step(rec):
             probes.extend(probe_pairs(emu, pairs, rec.step, rec.t_s, args.repeat))
 
-        Player(emu, time_scale=args.time_scale).play(0, series.n_steps, on_step=at_step)
+        Player(emu, time_scale=args.time_scale, catch_up=args.catch_up).play(0, series.n_steps, on_step=at_step)
         summary = error_summary(probes)
         backend = emu.backend
     columns = ("t_s", "src", "dst", "expected_rtt_ms", "measured_rtt_ms", "error_ms", "step")
@@ -197,7 +201,8 @@ def run_bench_emulate(args) -> int:
         t1 = time.perf_counter()
         used_mb = avail_before - _mem_available_mb()
         routes = int((emu.state(0)[0] != -1).sum())
-        report = Player(emu, time_scale=1e9).play(0, series.n_steps)  # as fast as it goes: apply time alone
+        # as fast as it goes, every step: the apply time alone
+        report = Player(emu, time_scale=1e9, catch_up="replay").play(0, series.n_steps)
     finally:
         t2 = time.perf_counter()
         emu.stop()

@@ -2,10 +2,12 @@
 
 Step k is due at ``start + (t_k - t_first) / time_scale`` on the monotonic
 clock. Before sleeping until then, the player computes step k's routes, so
-that at the due time only the kernel's work is left. It never skips or
-silently slips: each step's lateness (applied minus scheduled) is recorded,
-and a step that comes due while the previous one is still applying is applied
-late, and counted so.
+that at the due time only the kernel's work is left. It never slips silently:
+each step's lateness (applied minus scheduled) is recorded. When it falls more
+than a step behind (a mesh too large for the step, a busy host), by default it
+jumps to the step due now, so the kernel shows the constellation of the
+present, and records how many steps it passed over (``catch_up="replay"``
+applies every step instead, late).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class StepRecord:
     link_down: int
     delay_changes: int
     route_changes: int
+    skipped: int = 0  # steps passed over to catch up with the clock (catch_up="jump")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,15 +53,20 @@ class PlayReport:
                 "late_max_ms": float(late.max() * 1e3) if len(late) else 0.0,
                 "link_changes": int(sum(r.link_up + r.link_down for r in self.records)),
                 "delay_changes": int(sum(r.delay_changes for r in self.records)),
-                "route_changes": int(sum(r.route_changes for r in self.records))}
+                "route_changes": int(sum(r.route_changes for r in self.records)),
+                "skipped_steps": int(sum(r.skipped for r in self.records))}
 
 
 class Player:
     """Plays ``emulation`` from ``first_step`` for ``n_steps`` steps at ``time_scale`` x real time."""
 
-    def __init__(self, emulation, *, time_scale: float = 1.0, clock=time.monotonic, sleep=None):
+    def __init__(self, emulation, *, time_scale: float = 1.0, catch_up: str = "jump", clock=time.monotonic,
+                 sleep=None):
         if time_scale <= 0:
             raise ValueError(f"time scale must be positive, got {time_scale}")
+        if catch_up not in ("jump", "replay"):
+            raise ValueError(f"catch_up must be 'jump' or 'replay', got {catch_up!r}")
+        self.catch_up = catch_up
         self._stop = threading.Event()
         self.emu, self.time_scale, self.clock = emulation, time_scale, clock
         self.sleep = sleep or self._stop.wait  # a sleep that stop() cuts short
@@ -80,8 +88,17 @@ class Player:
         records = [StepRecord(first_step, t_first, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0)]
         if on_step:
             on_step(records[0])
-        for k in range(first_step + 1, last + 1):
-            due = (float(series.times_s[k]) - t_first) / self.time_scale
+
+        def due_of(j):
+            return (float(series.times_s[j]) - t_first) / self.time_scale
+
+        k = first_step
+        while k < last:
+            k, skipped = k + 1, 0
+            if self.catch_up == "jump":  # already late for the next step too: go straight to the one due now
+                while k < last and due_of(k + 1) <= self.clock() - start:
+                    k, skipped = k + 1, skipped + 1
+            due = due_of(k)
             self.emu.prepare(k)  # routes computed before the due time
             wait = due - (self.clock() - start)
             if wait > 0:
@@ -91,7 +108,7 @@ class Player:
             applied = self.clock() - start
             ch = self.emu.apply_step(k)
             rec = StepRecord(k, float(series.times_s[k]), due, applied, ch.apply_s, applied - due,
-                             ch.link_up, ch.link_down, ch.delay_changes, ch.route_changes)
+                             ch.link_up, ch.link_down, ch.delay_changes, ch.route_changes, skipped)
             records.append(rec)
             if on_step:
                 on_step(rec)

@@ -46,10 +46,6 @@ class MeshRun:
         return step
 
 
-class _Stopped(Exception):
-    pass
-
-
 def serve_in_mesh(series, job: dict, *, ground_station: str, rank_nodes: list, shaper: str = "auto",
                   prefix: str | None = None, start_step: int = 0, time_scale: float = 1.0,
                   step_timeout_s: float = 10.0, on_event=None, on_step=None, log=None) -> MeshRun:
@@ -76,26 +72,16 @@ def serve_in_mesh(series, job: dict, *, ground_station: str, rank_nodes: list, s
         run = MeshRun(list(rank_nodes), addresses, emu_plan.node_names[gs], emu.backend)
         job = dict(job, plan=dict(job["plan"], ranks=addresses, nodes=list(rank_nodes)),
                    step_timeout_s=step_timeout_s)
-        stop = threading.Event()
+        player = Player(emu, time_scale=time_scale)
 
-        def sleep(seconds):
-            if stop.wait(seconds):
-                raise _Stopped
-
-        player = Player(emu, time_scale=time_scale, sleep=sleep)
+        def stepped(rec):
+            run.step_times.append((rec.step, time.time()))
+            run.step_records.append(rec)
+            if on_step is not None:
+                on_step(emu, rec)
 
         def play():
-            try:
-                def stepped(rec):
-                    run.step_times.append((rec.step, time.time()))
-                    run.step_records.append(rec)
-                    if on_step is not None:
-                        on_step(emu, rec)
-
-                report = player.play(start_step, series.n_steps - start_step, on_step=stepped)
-                run.play_summary = report.summary()
-            except _Stopped:
-                pass
+            run.play_summary = player.play(start_step, series.n_steps - start_step, on_step=stepped).summary()
 
         player_thread = threading.Thread(target=play, name="player", daemon=True)
         client = procs.spawn([sys.executable, "-m", "meshemu.serving.client", "--job", "-"],
@@ -113,9 +99,11 @@ def serve_in_mesh(series, job: dict, *, ground_station: str, rank_nodes: list, s
                     on_event(event)
             client.wait()
         finally:
-            stop.set()
+            # The player returns after the step in hand, even when it is running late and never sleeps;
+            # the mesh must outlive it.
+            player.stop()
             if player_thread.is_alive():
-                player_thread.join(timeout=30)
+                player_thread.join()
         errors = [e["message"] for e in run.events if e["event"] == "error"]
         if errors:
             raise MeshemuError(errors[0])

@@ -35,10 +35,10 @@ class FakeEmulation:
         return StepChanges(k, route_changes=k, apply_s=self.cost_s[k])
 
 
-def play(times, costs, scale=1.0, n=None):
+def play(times, costs, scale=1.0, n=None, catch_up="jump"):
     clock = FakeClock()
     emu = FakeEmulation(clock, times, costs)
-    report = Player(emu, time_scale=scale, clock=clock, sleep=clock.sleep).play(0, n or len(times))
+    report = Player(emu, time_scale=scale, catch_up=catch_up, clock=clock, sleep=clock.sleep).play(0, n or len(times))
     return emu, report
 
 
@@ -61,7 +61,7 @@ def test_routes_are_prepared_before_the_step_is_due():
 
 def test_lateness_is_measured_not_hidden():
     # step 1 takes 2.5 s to apply: steps 2 and 3 are due at 2 s and 3 s but start at 3.5 s and 3.6 s
-    emu, report = play([0, 1, 2, 3], [0, 2.5, 0.1, 0.1])
+    emu, report = play([0, 1, 2, 3], [0, 2.5, 0.1, 0.1], catch_up="replay")
     late = [r.late_s for r in report.records]
     assert late[1] == pytest.approx(0) and late[2] == pytest.approx(1.5) and late[3] == pytest.approx(0.6)
     s = PlayReport(report.records).summary()
@@ -92,3 +92,19 @@ def test_stop_ends_play_after_the_step_in_hand():
     emu.apply_step = apply_then_stop
     report = player.play(0, 4)
     assert [r.step for r in report.records] == [0, 1]
+
+
+def test_a_player_far_behind_jumps_to_the_step_due_now():
+    # step 1 takes 3.5 s: when it is done, steps 2, 3 and 4 are due; the player goes to 4
+    clock = FakeClock()
+    emu = FakeEmulation(clock, [0, 1, 2, 3, 4, 5], [0, 3.5, 0.1, 0.1, 0.1, 0.1])
+    report = Player(emu, clock=clock, sleep=clock.sleep).play(0, 6)
+    assert [r.step for r in report.records] == [0, 1, 4, 5]
+    assert report.records[2].skipped == 2 and report.summary()["skipped_steps"] == 2
+
+
+def test_replay_applies_every_step_late():
+    clock = FakeClock()
+    emu = FakeEmulation(clock, [0, 1, 2, 3], [0, 3.5, 0.1, 0.1])
+    report = Player(emu, catch_up="replay", clock=clock, sleep=clock.sleep).play(0, 4)
+    assert [r.step for r in report.records] == [0, 1, 2, 3] and report.records[2].late_s > 1
