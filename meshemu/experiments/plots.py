@@ -28,10 +28,11 @@ def route_timeline(series, src: int, dst: int):
     return np.array(rtt), np.array(hops), np.array(changed)
 
 
-def plot_rtt_and_hops(series, pairs, path, *, measured=None, title=""):
+def plot_rtt_and_hops(series, pairs, path, *, measured=None, timelines=None, title=""):
     """RTT and hop count over time for node-id pairs, route changes marked; measured probes as dots.
 
-    ``measured`` maps a (src, dst) pair to (t_s array, rtt_ms array).
+    ``measured`` maps a (src, dst) pair to (t_s array, rtt_ms array); ``timelines``
+    maps a pair to its :func:`route_timeline`, when the caller has it already.
     """
     plt = _pyplot()
     fig, (ax_rtt, ax_hops) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=(2, 1))
@@ -39,7 +40,7 @@ def plot_rtt_and_hops(series, pairs, path, *, measured=None, title=""):
     for i, (a, b) in enumerate(pairs):
         color = f"C{i}"
         label = f"{series.node_names[a]} - {series.node_names[b]}"
-        rtt, hops, changed = route_timeline(series, a, b)
+        rtt, hops, changed = (timelines or {}).get((a, b)) or route_timeline(series, a, b)
         ax_rtt.plot(t, rtt, color=color, label=f"{label} (link series)")
         ax_hops.step(t, hops, where="post", color=color)
         for tc in t[changed]:

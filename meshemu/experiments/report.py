@@ -71,11 +71,26 @@ def _measured_probes(result, series, paths):
     return {k: (np.array(a), np.array(b)) for k, (a, b) in out.items()}
 
 
+def _timelines(routes, node) -> dict:
+    """routes.csv rows back into per-pair (rtt_ms, hops, changed) arrays, so nothing is routed twice."""
+    by_pair = {}
+    for r in routes:
+        by_pair.setdefault((node(r["src"]), node(r["dst"])), []).append(r)
+    out = {}
+    for pair, rows in by_pair.items():
+        rtt = np.array([float(r["rtt_ms"]) if r["rtt_ms"] not in ("", None) else np.nan for r in rows])
+        hops = np.array([float(r["hops"]) if r["hops"] not in ("", None) else np.nan for r in rows])
+        paths = [r["path"] for r in rows]
+        out[pair] = (rtt, hops, np.array([False] + [a != b for a, b in zip(paths, paths[1:])]))
+    return out
+
+
 def write_report(result, series, mesh, routes=()) -> None:
     folder, spec, s = result.folder, result.spec, result.summary
     node = mesh.paths.node
     pairs = [(node(mesh.ground_station), node(mesh.rank_nodes[0]))] + [(node(a), node(b)) for a, b in spec.probes]
     plot_rtt_and_hops(series, pairs, folder / "rtt_hops.png", measured=_measured_probes(result, series, mesh.paths),
+                      timelines=_timelines(routes, node),
                       title=f"{spec.name}: RTT and hops, client to rank 0 and probes (dotted: route changes)")
     plot_token_latency(result, folder / "tpot.png")
     ok = [r for r in result.requests if not r.get("error")]
