@@ -5,7 +5,7 @@ Run as root (it builds its own namespaces, prefix ``dltest-bench-<pid>-``, and d
     .venv/bin/python experiments/bench_delayline.py [--sections single,line,tcp] [--count 200]
 
 RTT error = probe RTT - 2 x one-way path delay, from UDP echo probes timestamped
-in userspace (``meshemu.emulation.delayline.probe_rtt``: a kernel receive
+in userspace (``meshemu.emulation.delayline_testbed.probe_rtt``: a kernel receive
 timestamp would be taken before the delay and hide it). ``baseline`` rows are
 the same probe with no delay line at all: the probe's own cost (two process
 wake-ups) that every row includes. ``late p99`` is the daemon's own view:
@@ -33,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from meshemu.emulation.delayline import DelayLine, LineTestbed, probe_rtt
+from meshemu.emulation.delayline import DelayLine
+from meshemu.emulation.delayline_testbed import LineTestbed, probe_rtt
 
 
 def cpu_seconds(pid: int) -> float:

@@ -36,7 +36,7 @@ def _helper_pids(prefix: str) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"meshemu.emulation.delayline" in argv and b"--namespaces" in argv:
+        if b"meshemu.emulation.delayline_daemon" in argv and b"--namespaces" in argv:
             tag = argv[argv.index(b"--namespaces") + 1] if argv.index(b"--namespaces") + 1 < len(argv) else b""
             if tag == prefix.encode() or tag.startswith(prefix.encode() + b"."):
                 pids.append(int(entry))

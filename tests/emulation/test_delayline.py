@@ -26,13 +26,9 @@ import numpy as np
 import pytest
 
 from meshemu.emulation import delayline as dl
-from meshemu.emulation.delayline import (
-    DelayLine,
-    DelayMatrixWriter,
-    LineTestbed,
-    iptables_rules,
-    probe_rtt,
-)
+from meshemu.emulation import delayline_daemon as daemon
+from meshemu.emulation.delayline import DelayLine, DelayMatrixWriter, iptables_rules
+from meshemu.emulation.delayline_testbed import LineTestbed, probe_rtt
 from meshemu.errors import CapabilityError, InputError, MeshemuError
 
 ROOT = os.geteuid() == 0
@@ -99,7 +95,7 @@ def test_not_root_is_a_capability_error(monkeypatch):
 
 
 def test_verdict_book_batches_prefixes():
-    book = dl._VerdictBook(3)
+    book = daemon._VerdictBook(3)
     book.out.extend([10, 11, 12, 13, 14])
     msg, ooo = book.verdicts([10, 11, 12])  # a released prefix: one batch verdict for id 12
     assert (len(msg), ooo) == (32, 0)
