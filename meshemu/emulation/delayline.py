@@ -324,7 +324,7 @@ def iptables_rules(address: str, queue_num: int = 0, *, bypass: bool = False) ->
 
 def install_rules(namespace: str, address: str, queue_num: int = 0, *, bypass: bool = False) -> None:
     """Load :func:`iptables_rules` into ``namespace`` (one ``iptables-restore`` call, ~10 ms)."""
-    _run_in_ns(namespace, ["iptables-restore", "--noflush"], iptables_rules(address, queue_num, bypass=bypass))
+    _run_in_ns(namespace, ["iptables-restore", "-w", "--noflush"], iptables_rules(address, queue_num, bypass=bypass))
 
 
 def remove_rules(namespace: str, address: str, queue_num: int = 0, *, bypass: bool = False) -> None:

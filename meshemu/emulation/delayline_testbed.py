@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import struct
@@ -13,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshemu.emulation.delayline import _run_in_ns, install_rules
-from meshemu.emulation.delayline_daemon import _Libc
-from meshemu.emulation.netlink import NETNS_RUN_DIR
+from meshemu.emulation.netlink import enter_netns
 from meshemu.errors import CapabilityError, InputError
 
 
@@ -91,26 +89,8 @@ def _ip(argv: list[str], stdin: str | None = None) -> None:
 
 
 def _socket_in(ns: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
-    lc = _Libc()
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            fd = os.open(os.path.join(NETNS_RUN_DIR, ns), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise InputError(f"network namespace {ns!r} does not exist") from None
-        try:
-            try:
-                lc.setns(fd)
-            except OSError as e:
-                raise CapabilityError(f"cannot enter network namespace {ns!r}: {e.strerror}") from None
-            try:
-                return socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
-            finally:
-                lc.setns(home)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(home)
+    with enter_netns(ns):  # a socket stays in the namespace it was made in
+        return socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshemu.errors import CapabilityError, MeshemuError
+from meshemu.errors import CapabilityError, InputError, MeshemuError
 
 NETLINK_ROUTE = 0
 CLONE_NEWNET = 0x40000000
@@ -209,7 +209,7 @@ def enter_netns(name: str):
         try:
             target = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY)
         except FileNotFoundError:
-            raise MeshemuError(f"network namespace {name!r} does not exist") from None
+            raise InputError(f"network namespace {name!r} does not exist") from None
         try:
             _setns(target)
         finally:

@@ -131,7 +131,7 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None) -> ExperimentRe
                                              paths.names[gs])[0])
         mesh = run_in_mesh(series, job, ground_station=series.node_names[gs], placement=spec.placement,
                            shaper=spec.shaping.backend, time_scale=spec.time_scale, on_event=on_event,
-                           on_step=on_step, log=log)
+                           on_step=on_step, log=log, paths=paths)
     finally:
         pool.shutdown(wait=True)
     wall_s = time.time() - t0

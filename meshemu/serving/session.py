@@ -74,12 +74,16 @@ class MeshSession:
 
 def run_in_mesh(series, job: dict, *, ground_station: str, placement: str, shaper: str = "auto",
                 time_scale: float = 1.0, step_timeout_s: float = 10.0, on_event=None, on_step=None,
-                prefix: str | None = None, log=None) -> MeshSession:
-    """Place the ranks, then serve ``job`` from ``ground_station`` inside the emulated mesh of ``series``."""
+                prefix: str | None = None, log=None, paths=None) -> MeshSession:
+    """Place the ranks, then serve ``job`` from ``ground_station`` inside the emulated mesh of ``series``.
+
+    ``paths`` (a :class:`~meshemu.serving.placement.MeshPaths` of ``series``) may be passed in
+    when the caller has one already: its routing states are cached.
+    """
     from meshemu.serving.mesh import serve_in_mesh
     from meshemu.serving.placement import MeshPaths, place
 
-    paths = MeshPaths(series)
+    paths = paths or MeshPaths(series)
     gs = paths.names[paths.node(ground_station)]
     n_ranks = job["plan"]["tp"] * job["plan"]["pp"]
     rank_nodes = place(placement, n_ranks, paths, gs)
