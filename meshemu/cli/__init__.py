@@ -12,13 +12,21 @@ import argparse
 import importlib
 import sys
 
-from meshemu.errors import MeshemuError
+from meshemu.errors import InputError, MeshemuError
 
-_MODULES = ("topology", "emulate", "model", "serve", "run")
+_MODULES = ("topology", "emulate", "model", "serve", "run", "view")
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line too, like every other error (the full usage is a --help away)."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("meshemu").strip()
+        raise InputError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="meshemu",
         description="Emulate LEO satellite compute meshes, from orbits to sharded model serving.",
     )
@@ -32,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.run(args) or 0
     except MeshemuError as err:
         print(f"meshemu: error: {err}", file=sys.stderr)

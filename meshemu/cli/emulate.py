@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from meshemu.cli.output import add_output_args, write_rows
+from meshemu.cli.types import float_in, positive_float, positive_int
 from meshemu.cli.scenario import add_scenario_args, load_scenario
 from meshemu.cli.topology import compute_series
 from meshemu.errors import InputError
@@ -20,7 +21,10 @@ def register(commands, benches):
     add_scenario_args(p, duration_s=60.0)
     _emulation_args(p)
     p.add_argument("--cli", action="store_true", help="open Mininet's CLI while the constellation moves")
-    p.add_argument("--out", metavar="DIR", help="write per-step records (steps.csv) and run metadata (run.json)")
+    p.add_argument("--out", metavar="DIR", help="write per-step records (steps.csv) and run metadata (run.json); "
+                                               "'meshemu view --attach DIR' follows it live")
+    p.add_argument("--view", action="store_true", help="serve a live web view on 127.0.0.1 (--view-port)")
+    p.add_argument("--view-port", type=int, default=8765, metavar="PORT", help="port of --view (8765)")
     p.set_defaults(run=run_emulate)
 
     p = commands.add_parser("probe", help="measured RTT on the live mesh beside the link series' RTT (root)")
@@ -28,7 +32,7 @@ def register(commands, benches):
     _emulation_args(p)
     p.add_argument("--pair", nargs=2, action="append", metavar=("SRC", "DST"),
                    help="a node pair to probe (repeatable; default: three city pairs with a path)")
-    p.add_argument("--repeat", type=int, default=1, help="probes per pair per step (1)")
+    p.add_argument("--repeat", type=positive_int, default=1, help="probes per pair per step (1)")
     add_output_args(p)
     p.set_defaults(run=run_probe)
 
@@ -46,12 +50,13 @@ def _emulation_args(p):
     g = p.add_argument_group("emulation")
     g.add_argument("--shaper", default="auto", choices=("auto", "netem", "delayline", "none"),
                    help="link delay backend: netem where the kernel has it, else the NFQUEUE delay line (auto)")
-    g.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+    g.add_argument("--time-scale", type=positive_float, default=1.0, metavar="X",
                    help="play X times faster than real time (1)")
     g.add_argument("--catch-up", default="jump", choices=("jump", "replay"),
                    help="more than a step behind the clock: jump to the step due now, or replay every step (jump)")
-    g.add_argument("--rate-mbps", type=float, metavar="MBPS", help="per-link rate limit (netem)")
-    g.add_argument("--loss", type=float, default=0.0, metavar="P", help="per-link loss probability (netem)")
+    g.add_argument("--rate-mbps", type=positive_float, metavar="MBPS", help="per-link rate limit (netem)")
+    g.add_argument("--loss", type=float_in(0, 1), default=0.0, metavar="P",
+                   help="per-link loss probability, 0 to 1 (netem; default 0)")
     g.add_argument("--prefix", default="meshemu", help="namespace prefix (meshemu)")
 
 
@@ -77,7 +82,11 @@ def run_emulate(args) -> int:
     _check_root()
     scenario = load_scenario(args)
     series = compute_series(scenario)
-    with _emulation(args, series) as emu:
+    from meshemu.view.live import StepSinks
+
+    # before the mesh is built, so that a port in use stops us at once
+    sinks = StepSinks(series, view_port=args.view_port if args.view else None, out=args.out, time_scale=args.time_scale)
+    with sinks as follow, _emulation(args, series) as emu:
         player = Player(emu, time_scale=args.time_scale, catch_up=args.catch_up)
 
         def show(rec):
@@ -85,6 +94,7 @@ def run_emulate(args) -> int:
                   f"apply {rec.apply_s * 1e3:7.2f} ms  links +{rec.link_up}/-{rec.link_down}  "
                   f"delays {rec.delay_changes}  routes {rec.route_changes}"
                   + (f"  (jumped {rec.skipped} steps to catch up)" if rec.skipped else ""), file=sys.stderr)
+            follow(rec)  # the live view's hook: every applied step, in the player's thread
 
         if args.cli:
             from mininet.cli import CLI
@@ -92,7 +102,8 @@ def run_emulate(args) -> int:
             from meshemu.emulation.nodes import mininet_net
 
             report = {}
-            thread = threading.Thread(target=lambda: report.setdefault("r", player.play(0, series.n_steps)),
+            thread = threading.Thread(target=lambda: report.setdefault("r", player.play(0, series.n_steps,
+                                                                                          on_step=follow)),
                                       daemon=True)
             thread.start()
             print(f"meshemu: Mininet CLI; hosts are {emu.plan.node_names[0]} .. {emu.plan.node_names[-1]} "
@@ -135,7 +146,8 @@ def _write_run(out: Path, args, emu, records, summary) -> None:
 
 def run_probe(args) -> int:
     from meshemu.emulation.player import Player
-    from meshemu.emulation.probe import default_pairs, error_summary, probe_pairs
+    from meshemu.emulation.probe import (check_paths, default_pairs, describe_path_share, error_summary,
+                                        path_summary, probe_pairs)
 
     _check_root()
     scenario = load_scenario(args)
@@ -143,24 +155,28 @@ def run_probe(args) -> int:
     for a, b in pairs_named:
         scenario.node(a), scenario.node(b)  # unknown names fail before anything is built
     series = compute_series(scenario)
-    probes = []
+    probes, checks = [], []
     with _emulation(args, series) as emu:
         pairs = [(series.node_index(a), series.node_index(b)) for a, b in pairs_named] or default_pairs(emu)
         if not pairs:
             raise InputError("no node pair has a path at the first step: name one with --pair SRC DST")
         names = ", ".join(f"{emu.plan.node_names[a]}-{emu.plan.node_names[b]}" for a, b in pairs)
-        print(f"meshemu: probing {names} at every step with ping -U", file=sys.stderr)
+        print(f"meshemu: probing {names} at every step: ICMP echo (microsecond user-space timestamps), "
+              "then TTL-limited echoes along the path", file=sys.stderr)
 
         def at_step(rec):
             probes.extend(probe_pairs(emu, pairs, rec.step, rec.t_s, args.repeat))
+            checks.extend(check_paths(emu, pairs, rec.step, rec.t_s))
 
         Player(emu, time_scale=args.time_scale, catch_up=args.catch_up).play(0, series.n_steps, on_step=at_step)
-        summary = error_summary(probes)
+        summary, paths = error_summary(probes), path_summary(checks)
         backend = emu.backend
-    columns = ("t_s", "src", "dst", "expected_rtt_ms", "measured_rtt_ms", "error_ms", "step")
+    on_path = {(c.step, c.src, c.dst): c for c in checks}
+    columns = ("t_s", "src", "dst", "expected_rtt_ms", "measured_rtt_ms", "error_ms", "step", "on_path")
     rows = [(p.t_s, p.src, p.dst, round(p.expected_rtt_ms, 3),
              None if p.measured_rtt_ms is None else round(p.measured_rtt_ms, 3),
-             None if p.error_ms is None else round(p.error_ms, 3), p.step) for p in probes]
+             None if p.error_ms is None else round(p.error_ms, 3), p.step,
+             _on_path_text(on_path.get((p.step, p.src, p.dst)))) for p in probes]
     write_rows(args, columns, rows, title=f"RTT on the live mesh ({backend})")
     if "median_ms" in summary:
         print(f"meshemu: {backend}: RTT error median {summary['median_ms']:+.3f} ms, mean {summary['mean_ms']:+.3f} ms, "
@@ -168,7 +184,14 @@ def run_probe(args) -> int:
               file=sys.stderr)
     else:
         print(f"meshemu: {backend}: every probe was lost", file=sys.stderr)
+    print(f"meshemu: {backend}: {describe_path_share(paths)}", file=sys.stderr)
     return 0
+
+
+def _on_path_text(check) -> str | None:
+    if check is None or check.on_path is None:
+        return None
+    return ("yes" if check.on_path else "no") + (" (route change)" if check.at_route_change else "")
 
 
 def run_clean(args) -> int:

@@ -10,6 +10,8 @@ import statistics
 import sys
 import time
 
+from meshemu.cli.types import nonnegative_float, nonnegative_int, positive_int
+
 
 def register(commands, benches):
     gen = commands.add_parser(
@@ -18,17 +20,17 @@ def register(commands, benches):
                     "statistics to stderr.")
     gen.add_argument("prompt", help="the user message (or raw text with --no-chat-template)")
     _add_model_argument(gen)
-    gen.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+    gen.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
                      help="most tokens to generate (default 128)")
     # Greedy unless a temperature is given: a 135M model sampled even at 0.2
     # often wanders off a question's obvious answer, and runs should repeat.
     gen.add_argument("--greedy", action="store_true",
                      help="always take the most likely token (the default; overrides --temperature)")
-    gen.add_argument("--temperature", type=float, default=0.0,
+    gen.add_argument("--temperature", type=nonnegative_float, default=0.0,
                      help="sample at this temperature (default 0: greedy; SmolLM2 suggests 0.2)")
     gen.add_argument("--top-p", type=float, default=0.9,
                      help="nucleus sampling mass when sampling (default 0.9)")
-    gen.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default 0)")
+    gen.add_argument("--seed", type=nonnegative_int, default=0, help="random seed of the sampler (default 0)")
     gen.add_argument("--no-chat-template", action="store_true",
                      help="feed the raw text instead of wrapping it as one user message")
     gen.add_argument("--system", default=None,
@@ -43,11 +45,11 @@ def register(commands, benches):
         description="Time prefill and decode of a model and the floor this machine sets: one "
                     "x @ W per weight matrix, i.e. streaming every weight once.")
     _add_model_argument(bench)
-    bench.add_argument("--prompt-tokens", type=int, default=128, metavar="N",
+    bench.add_argument("--prompt-tokens", type=positive_int, default=128, metavar="N",
                        help="prompt length for prefill (default 128)")
-    bench.add_argument("--decode-tokens", type=int, default=32, metavar="N",
+    bench.add_argument("--decode-tokens", type=positive_int, default=32, metavar="N",
                        help="decode steps timed (default 32)")
-    bench.add_argument("--repeats", type=int, default=3, metavar="N",
+    bench.add_argument("--repeats", type=positive_int, default=3, metavar="N",
                        help="prefill runs (default 3); floor sweeps are 3x this")
     bench.set_defaults(run=run_bench)
 

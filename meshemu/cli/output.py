@@ -52,6 +52,20 @@ def write_rows(args, columns, rows, *, title: str = "") -> None:
         sys.stdout.write(buf.getvalue())
 
 
+def check_writable(path) -> None:
+    """InputError now, not after minutes of work, when ``path`` cannot be written (its folder is missing,
+    read-only, or a pseudo file system such as /proc)."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write: {err.strerror or err}", file=path) from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
 def progress_bar(description: str):
     """A rich progress bar on stderr; returns (context manager, callback(done, total))."""
     from rich.console import Console

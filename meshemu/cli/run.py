@@ -8,20 +8,23 @@ import sys
 def register(commands, benches):
     p = commands.add_parser("run", help="run an experiment file: mesh, shards, workload, results folder (root)")
     p.add_argument("experiment", metavar="FILE.yaml", help="an experiment, e.g. experiments/quickstart.yaml")
-    p.add_argument("--out", "-o", metavar="DIR", help="results folder (default results/NAME-TIMESTAMP)")
-    p.add_argument("--check", action="store_true", help="validate the file (and its sweep) and stop")
+    p.add_argument("--out", "-o", metavar="DIR", help="results folder (default: a new results/NAME-TIMESTAMP)")
+    p.add_argument("--check", action="store_true", help="check everything that can be known without root (files, names, placement, model, "
+                        "layout, sizes) for the file and every sweep value, and stop")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from meshemu.experiments.spec import expand, load_experiment
 
+    from meshemu.experiments.check import check_experiment
+
     spec = load_experiment(args.experiment)
     specs = expand(spec)
+    reports = [check_experiment(s) for s in specs]  # a root run refuses nothing that --check lets through
     if args.check:
-        for s in specs:
-            print(f"{s.name}: {s.constellation}, {s.parallelism.label}, placement {s.placement}, "
-                  f"{s.workload.requests} x {s.workload.max_new_tokens} tokens")
+        for s, report in zip(specs, reports):
+            print(report.line(s))
         return 0
     from meshemu.emulation.kernel import require_root
     from meshemu.experiments.runner import run_file

@@ -17,8 +17,10 @@ from meshemu.constellation import (
     load_constellation,
     read_ground_stations,
 )
+from meshemu.cli.types import finite_float, float_in, positive_float, window_duration
 from meshemu.errors import InputError
-from meshemu.links.series import find_node
+from meshemu.constellation.propagate import check_window
+from meshemu.links.series import check_series_size, find_node
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,20 @@ def add_scenario_args(parser, *, duration_s: float = 100.0, step_s: float = 1.0)
     src.add_argument("--ground-stations", "-g", metavar="FILE",
                      help="CSV (name,latitude_deg,longitude_deg[,elevation_m]) or Hypatia's ground_stations.txt "
                           "(default: the 100 most populous cities)")
-    src.add_argument("--gsl-max-range-m", type=float, metavar="M",
+    src.add_argument("--gsl-max-range-m", type=positive_float, metavar="M",
                      help="ground-satellite links by maximum slant range in metres (as Hypatia does)")
-    src.add_argument("--gsl-min-elevation-deg", type=float, metavar="DEG", help="minimum elevation (default 25)")
+    src.add_argument("--gsl-min-elevation-deg", type=float_in(-90, 90, "deg"), metavar="DEG",
+                     help="minimum elevation (default: the constellation's gsl.min_elevation_deg, e.g. 10 for "
+                          "demo; 25 where it sets none)")
     src.add_argument("--gsl-policy", choices=("all", "nearest"), help="usable satellites: all visible, or nearest")
     win = parser.add_argument_group("time window")
     win.add_argument("--epoch", metavar="UTC", help="t = 0 as ISO 8601 (default: the constellation's epoch)")
-    win.add_argument("--start", type=float, default=0.0, metavar="S", help="first step, seconds after the epoch")
-    win.add_argument("--duration", type=float, default=duration_s, metavar="S", help=f"window length in seconds ({duration_s:g})")
-    win.add_argument("--step", type=float, default=step_s, metavar="S", help=f"time step in seconds ({step_s:g})")
+    win.add_argument("--start", type=finite_float, default=0.0, metavar="S",
+                     help="first step, seconds after the epoch (default 0)")
+    win.add_argument("--duration", type=window_duration, default=duration_s, metavar="S",
+                     help=f"window length in seconds (default {duration_s:g})")
+    win.add_argument("--step", type=positive_float, default=step_s, metavar="S",
+                     help=f"time step in seconds (default {step_s:g})")
     win.add_argument("--ut1-equals-utc", action="store_true",
                      help="turn the Earth by UTC instead of UT1, as PyEphem (and so Hypatia) does")
 
@@ -71,19 +78,26 @@ def load_scenario(args) -> Scenario:
             try:
                 planes, per_plane = (int(v) for v in args.grid.lower().split("x"))
             except ValueError:
-                raise InputError(f"--grid {args.grid!r}: write planes x satellites per plane, e.g. 72x22") from None
+                planes = 0
+            if planes < 1 or per_plane < 1:
+                raise InputError(f"--grid {args.grid!r}: write planes x satellites per plane, e.g. 72x22")
         constellation = from_tle_file(args.tles, isls_path=args.isls, n_planes=planes, sats_per_plane=per_plane)
     else:
         constellation = load_constellation(args.constellation or "demo")
     gsl = constellation.gsl
     if args.gsl_max_range_m is not None or args.gsl_min_elevation_deg is not None:
-        gsl = GslRules(min_elevation_deg=args.gsl_min_elevation_deg,
-                       max_range_km=None if args.gsl_max_range_m is None else args.gsl_max_range_m / 1e3,
-                       policy=gsl.policy)
+        try:
+            gsl = GslRules(min_elevation_deg=args.gsl_min_elevation_deg,
+                           max_range_km=None if args.gsl_max_range_m is None else args.gsl_max_range_m / 1e3,
+                           policy=gsl.policy)
+        except ValueError as err:  # a caller that bypassed the argument types
+            raise InputError(f"--gsl-max-range-m / --gsl-min-elevation-deg: {err}") from None
     if args.gsl_policy:
         gsl = replace(gsl, policy=args.gsl_policy)
     constellation = constellation.with_rules(gsl=gsl)
     stations = read_ground_stations(args.ground_stations) if args.ground_stations else default_ground_stations()
     grid = TimeGrid.from_window(args.epoch or constellation.epoch_utc, start_s=args.start,
                                 duration_s=args.duration, step_s=args.step, ut1_equals_utc=args.ut1_equals_utc)
+    check_window(constellation.satrecs, grid)  # before any progress bar starts
+    check_series_size(constellation.size, len(stations), len(grid), len(constellation.isl_pairs))
     return Scenario(constellation, stations, grid)

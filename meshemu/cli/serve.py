@@ -12,7 +12,13 @@ import sys
 import time
 import uuid
 
+from meshemu.cli.types import (finite_float, int_in, nonnegative_float, placement_strategy, positive_float,
+                               positive_int, window_duration)
 from meshemu.serving.session import describe_model, make_context, run_in_mesh
+
+# Requests at once: the client runs each in a thread of its own (100,000 ran out of threads); 300 of
+# a tiny model run fine, and a few cores serve no more than this usefully.
+MAX_REQUESTS = 1024
 
 
 def register(commands, benches):
@@ -35,33 +41,39 @@ def register(commands, benches):
 
 def add_serving_arguments(parser) -> None:
     """The sharding options of ``meshemu generate``."""
-    g = parser.add_argument_group("sharded serving (issue 5)")
-    g.add_argument("--tp", type=int, default=1, metavar="T", help="tensor-parallel degree (default 1)")
-    g.add_argument("--pp", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
+    g = parser.add_argument_group("sharded serving")
+    g.add_argument("--tp", type=positive_int, default=1, metavar="T", help="tensor-parallel degree (default 1)")
+    g.add_argument("--pp", type=positive_int, default=1, metavar="P", help="pipeline stages (default 1)")
     g.add_argument("--allreduce", choices=("ring", "direct"), default="ring", help="all-reduce algorithm")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--loopback", action="store_true", help="run the shards as local processes on 127.0.0.1")
     where.add_argument("--constellation", metavar="NAME",
                        help="run the shards in an emulated mesh of this constellation (needs root)")
-    g.add_argument("--placement", default="plane", metavar="STRATEGY",
-                   help="ranks to satellites: plane, spread, nearest or list:p00s01,... (default plane)")
+    g.add_argument("--placement", default="plane", metavar="STRATEGY", type=placement_strategy,
+                   help="with --constellation: ranks to satellites, plane, spread, nearest or list:p00s01,... "
+                        "(default plane)")
     g.add_argument("--ground-station", default="Paris", metavar="CITY",
-                   help="where the client runs in the mesh (default Paris)")
+                   help="with --constellation: where the client runs in the mesh (default Paris)")
     g.add_argument("--shaper", default="auto", choices=("auto", "netem", "delayline", "none"),
-                   help="link delay backend in the mesh (default auto)")
-    g.add_argument("--start-s", type=float, default=0.0, metavar="S", help="series start, s after epoch")
-    g.add_argument("--duration-s", type=float, default=600.0, metavar="S", help="series length (default 600)")
-    g.add_argument("--step-s", type=float, default=1.0, metavar="S", help="series step (default 1)")
-    g.add_argument("--time-scale", type=float, default=1.0, help="mesh clock speed-up (default 1)")
+                   help="with --constellation: link delay backend in the mesh (default auto)")
+    g.add_argument("--start-s", "--start", type=finite_float, default=0.0, metavar="S",
+                   help="with --constellation: series start, s after the epoch (default 0)")
+    g.add_argument("--duration-s", "--duration", type=window_duration, default=600.0, metavar="S",
+                   help="with --constellation: series length in s (default 600)")
+    g.add_argument("--step-s", "--step", type=positive_float, default=1.0, metavar="S",
+                   help="with --constellation: series step in s (default 1)")
+    g.add_argument("--time-scale", type=positive_float, default=1.0, metavar="X",
+                   help="with --constellation: mesh clock speed-up (default 1)")
     g.add_argument("--compute", default="real", metavar="MODE",
                    help="real, or device:NAME (h100, h200, a100, l4, orin) to wait modelled device time")
-    g.add_argument("--requests", type=int, default=1, metavar="N",
+    g.add_argument("--requests", type=int_in(1, MAX_REQUESTS), default=1, metavar="N",
                    help="send the prompt N times at once (micro-batches); text of the first is printed")
     g.add_argument("--metrics", metavar="FILE", help="append per-request and per-token JSON Lines here")
-    g.add_argument("--step-timeout", type=float, default=10.0, metavar="S",
+    g.add_argument("--step-timeout", type=positive_float, default=10.0, metavar="S",
                    help="longest wait for one token or one peer (default 10)")
-    g.add_argument("--timeout", type=float, default=600.0, metavar="S", help="deadline of each request")
-    g.add_argument("--hop-overhead-ms", type=float, default=None, metavar="MS",
+    g.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
+                   help="deadline of each request (default 600)")
+    g.add_argument("--hop-overhead-ms", type=nonnegative_float, default=None, metavar="MS",
                    help="software cost of one message for the prediction (default: measured constant)")
 
 
@@ -85,6 +97,7 @@ def _prompt_ids(args, config, tok) -> tuple[list[int], frozenset]:
 # -- sharded generate ---------------------------------------------------------------------------------
 def run_sharded_generate(args) -> int:
     from meshemu.errors import InputError
+    from meshemu.model.partition import check_layout
     from meshemu.serving.client import Request, run_job
     from meshemu.serving.compute import parse_compute
     from meshemu.serving.metrics import JsonLines
@@ -95,9 +108,13 @@ def run_sharded_generate(args) -> int:
         raise InputError("sharded serving needs --loopback (local processes) or --constellation NAME (a mesh)")
     source, config, tok = describe_model(args.model)
     device = parse_compute(args.compute)
+    check_layout(config, args.tp, args.pp)  # before a single shard process starts
     prompt, stop_ids = _prompt_ids(args, config, tok)
     if not prompt:
         raise InputError("the prompt is empty (0 tokens)")
+    if len(prompt) + args.max_new_tokens > config.max_context:
+        raise InputError(f"{len(prompt)} prompt tokens + --max-new-tokens {args.max_new_tokens} exceed "
+                         f"{config.name or 'the model'}'s context of {config.max_context} tokens")
     temperature = 0.0 if args.greedy else args.temperature
     requests = [Request(tuple(prompt), max_new_tokens=args.max_new_tokens, temperature=temperature,
                         top_p=args.top_p if temperature > 0 else 1.0, seed=args.seed, stop_ids=tuple(sorted(stop_ids)),

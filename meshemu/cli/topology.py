@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from meshemu.cli.output import add_output_args, progress_bar, write_rows
+from meshemu.cli.output import add_output_args, check_writable, progress_bar, write_rows
 from meshemu.cli.scenario import add_scenario_args, load_scenario
 from meshemu.constellation import available_constellations, load_constellation
 from meshemu.links import compute_link_series
@@ -24,7 +24,8 @@ def register(commands, benches):
     add_scenario_args(p)
     p.add_argument("--from", dest="src", required=True, metavar="NODE",
                    help="a ground station's exact name, a satellite's name, or a node id")
-    p.add_argument("--to", dest="dst", required=True, metavar="NODE")
+    p.add_argument("--to", dest="dst", required=True, metavar="NODE",
+                   help="the other end: a ground station's exact name, a satellite's name, or a node id")
     add_output_args(p)
     p.set_defaults(run=run_rtt)
 
@@ -72,6 +73,7 @@ def run_rtt(args) -> int:
 
 def run_topology(args) -> int:
     scenario = load_scenario(args)
+    check_writable(args.out if str(args.out).endswith(".npz") else f"{args.out}.npz")
     series = compute_series(scenario)
     path = series.save(args.out)
     up = series.up

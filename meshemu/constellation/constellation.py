@@ -14,6 +14,7 @@ Sources:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -22,9 +23,10 @@ from typing import Literal
 
 import numpy as np
 
-from meshemu.config import from_mapping, load_yaml, read_text
+from meshemu.config import check_name, from_mapping, load_yaml, read_text
 from meshemu.constellation.propagate import parse_utc
-from meshemu.constellation.shell import Shell, walker_satellites
+from meshemu.constellation.shell import BYTES_PER_SATELLITE, Shell, walker_satellites
+from meshemu.resources import memory_problem
 from meshemu.constellation.tle import read_tles
 from meshemu.errors import InputError
 
@@ -40,8 +42,14 @@ class IslRules:
     max_cross_plane_latitude_deg: float | None = None  # cross-plane links down above this latitude
 
     def __post_init__(self):
-        if self.max_range_km is not None and self.max_range_km <= 0:
-            raise ValueError(f"isl.max_range_km must be positive, got {self.max_range_km}")
+        if self.max_range_km is not None and not 0 < self.max_range_km < math.inf:
+            raise ValueError(f"isl.max_range_km must be a positive number of km, got {self.max_range_km}")
+        if not -1000 <= self.min_grazing_altitude_km <= 40_000:
+            raise ValueError("isl.min_grazing_altitude_km must be within [-1000, 40000] km, "
+                             f"got {self.min_grazing_altitude_km}")
+        limit = self.max_cross_plane_latitude_deg
+        if limit is not None and not 0 <= limit <= 90:
+            raise ValueError(f"isl.max_cross_plane_latitude_deg must be within [0, 90], got {limit}")
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,8 @@ class GslRules:
     def __post_init__(self):
         if self.min_elevation_deg is not None and not -90 <= self.min_elevation_deg <= 90:
             raise ValueError(f"gsl.min_elevation_deg must be within [-90, 90], got {self.min_elevation_deg}")
-        if self.max_range_km is not None and self.max_range_km <= 0:
-            raise ValueError(f"gsl.max_range_km must be positive, got {self.max_range_km}")
+        if self.max_range_km is not None and not 0 < self.max_range_km < math.inf:
+            raise ValueError(f"gsl.max_range_km must be a positive number of km, got {self.max_range_km}")
 
     @property
     def elevation_limit_deg(self) -> float | None:
@@ -77,6 +85,19 @@ class ConstellationSpec:
     tle_file: str | None = None
     isl: IslRules = IslRules()
     gsl: GslRules = GslRules()
+
+    def __post_init__(self):
+        check_name(self.name, "name")
+        names = [s.name for s in self.shells]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            # satellite names are '<shell>-pPP-sSS': two shells of one name would share node names
+            raise ValueError(f"shells: two are named {dup!r}: give each shell its own name")
+        sizes = sum(s.size for s in self.shells)
+        problem = memory_problem(sizes * BYTES_PER_SATELLITE, f"{len(self.shells)} shells of {sizes:,} satellites",
+                                 "give fewer or smaller shells")
+        if problem:
+            raise ValueError(problem)
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,7 +150,11 @@ def available_constellations() -> list[str]:
 def load_constellation(name_or_path) -> Constellation:
     """Load a constellation by name (``topologies/NAME.yaml``) or from a YAML path."""
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml") or not path.exists():
+    if path.suffix in (".yaml", ".yml") or "/" in str(name_or_path):
+        if not path.is_file():
+            raise InputError(("no such file" if not path.exists() else "is not a file")
+                             + f" (the named constellations are {', '.join(available_constellations())})", file=path)
+    else:
         candidate = topologies_dir() / f"{name_or_path}.yaml"
         if not candidate.exists():
             raise InputError(f"unknown constellation {str(name_or_path)!r}: give a YAML path or one of "

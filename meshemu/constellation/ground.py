@@ -48,7 +48,14 @@ def parse_ground_stations(text: str, source: str = "<memory>") -> tuple[GroundSt
     >>> parse_ground_stations("0,Paris,48.8566,2.3522,0\\n")[0].latitude_deg
     48.8566
     """
-    rows = [(n + 1, r) for n, r in enumerate(csv.reader(io.StringIO(text))) if r and any(c.strip() for c in r)]
+    reader = csv.reader(io.StringIO(text))
+    rows = []
+    try:
+        for r in reader:
+            if r and any(c.strip() for c in r):
+                rows.append((reader.line_num, r))
+    except csv.Error as err:
+        raise InputError(f"not readable as CSV: {err}", file=source, line=reader.line_num) from None
     if not rows:
         raise InputError("no ground stations in the file", file=source)
     header = [c.strip() for c in rows[0][1]]
@@ -57,13 +64,29 @@ def parse_ground_stations(text: str, source: str = "<memory>") -> tuple[GroundSt
         fields = (0, 1, 2, 3 if "elevation_m" in columns[3:4] else None)
     else:
         fields = (1, 2, 3, 4)  # Hypatia: id,name,latitude,longitude,elevation
+        if any(_is_word(c) for c in header[2:4] + header[1:2] * (len(header) < 5)):
+            raise InputError(f"line 1 reads like a header ({','.join(header)!r}) that meshemu does not know: "
+                             f"start the file with 'name,latitude_deg,longitude_deg[,elevation_m]', or give "
+                             "Hypatia's headerless 'id,name,latitude,longitude,elevation'", file=source, line=1)
     stations = []
     for lineno, row in rows:
         row = [c.strip() for c in row]
         need = max(f for f in fields if f is not None) + 1
         if len(row) < need:
-            raise InputError(f"expected {need} comma-separated fields, got {len(row)}", file=source, line=lineno)
+            layout = ("name,latitude_deg,longitude_deg" if fields[0] == 0
+                      else "Hypatia's id,name,latitude,longitude,elevation; a file of name,latitude,longitude "
+                           "starts with the header 'name,latitude_deg,longitude_deg'")
+            raise InputError(f"expected {need} comma-separated fields ({layout}), got {len(row)}",
+                             file=source, line=lineno)
         name = row[fields[0]]
+        if not name.isprintable():
+            raise InputError(f"ground-station name {name!r} holds a control character",
+                             file=source, line=lineno, field="name")
+        if not name or name.isdigit():
+            # a name of digits would be read as a node id by --from/--to and could never be named
+            raise InputError(f"ground-station name {name!r} is empty or digits only, which --from/--to read as "
+                             "a node id: give the station a name",
+                             file=source, line=lineno, field="name")
         lat = _number(row[fields[1]], "latitude", -90, 90, source, lineno)
         lon = _number(row[fields[2]], "longitude", -180, 180, source, lineno)
         elev = _number(row[fields[3]], "elevation", -500, 9000, source, lineno) if fields[3] is not None else 0.0
@@ -73,6 +96,15 @@ def parse_ground_stations(text: str, source: str = "<memory>") -> tuple[GroundSt
         dup = next(n for n in names if names.count(n) > 1)
         raise InputError(f"ground station name {dup!r} appears twice; names must be unique", file=source)
     return tuple(stations)
+
+
+def _is_word(cell: str) -> bool:
+    """Text that no number field would hold: a column title such as 'lat'."""
+    try:
+        float(cell)
+    except ValueError:
+        return bool(cell) and cell[0].isalpha()
+    return False
 
 
 def _number(text, field, low, high, source, lineno) -> float:

@@ -25,6 +25,14 @@ from skyfield.sgp4lib import theta_GMST1982
 
 from meshemu.constants import SECONDS_PER_DAY
 from meshemu.errors import InputError, MeshemuError
+from meshemu.resources import memory_problem
+
+SECONDS_PER_YEAR = 365.25 * SECONDS_PER_DAY
+# SGP4 is good for days around an element set's epoch; past a few centuries the calendar
+# arithmetic underneath (Skyfield's, numpy's) stops being exact, so refuse rather than mislead.
+MAX_OFFSET_S = 200 * SECONDS_PER_YEAR
+# A step costs its offset plus Skyfield's Time arrays and the Earth-rotation angles (measured ~140 B).
+BYTES_PER_STEP = 200
 
 
 @lru_cache(maxsize=1)
@@ -66,13 +74,34 @@ class TimeGrid:
     @classmethod
     def from_window(cls, epoch, *, start_s: float, duration_s: float, step_s: float,
                     ut1_equals_utc: bool = False) -> "TimeGrid":
-        """Steps ``start_s, start_s + step_s, ...`` strictly before ``start_s + duration_s``."""
+        """Steps ``start_s, start_s + step_s, ...`` strictly before ``start_s + duration_s``.
+
+        >>> TimeGrid.from_window("2000-01-01", start_s=0, duration_s=float("inf"), step_s=1)
+        Traceback (most recent call last):
+        ...
+        meshemu.errors.InputError: duration: must be a finite number of seconds, got inf
+        """
+        for name, value in (("start", start_s), ("duration", duration_s), ("step", step_s)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"must be a finite number of seconds, got {value}", field=name)
         if not step_s > 0:
             raise InputError(f"step must be positive, got {step_s} s", field="step")
-        n = math.ceil(round(duration_s / step_s, 9)) if duration_s > 0 else 0
-        if n < 1:
+        if not duration_s > 0:
             raise InputError(f"the window has no steps (duration {duration_s} s, step {step_s} s): "
                              "give a duration longer than zero", field="duration")
+        for name, value in (("start", start_s), ("duration", start_s + duration_s)):
+            if abs(value) > MAX_OFFSET_S:
+                raise InputError(f"the window reaches {value:g} s from the epoch, beyond the "
+                                 f"{MAX_OFFSET_S / SECONDS_PER_YEAR:g} years SGP4 element sets are "
+                                 "propagated for here: give a later --epoch or a smaller --start/--duration",
+                                 field=name)
+        n_float = round(duration_s / step_s, 9)
+        problem = memory_problem(n_float * BYTES_PER_STEP,
+                                 f"the time grid of {n_float:.3g} steps ({duration_s:g} s in steps of {step_s:g} s)",
+                                 "give a shorter duration or a longer step")
+        if problem:
+            raise InputError(problem, field="duration")
+        n = max(1, math.ceil(n_float))
         offsets = start_s + step_s * np.arange(n, dtype=np.float64)
         return cls(parse_utc(epoch), offsets, ut1_equals_utc)
 
@@ -103,17 +132,36 @@ class TimeGrid:
         return np.asarray(theta, dtype=np.float64)
 
 
+def check_window(satrecs, grid: TimeGrid) -> None:
+    """InputError when ``grid`` reaches further than :data:`MAX_OFFSET_S` from any element set's epoch
+    (an --epoch centuries away gives positions, but not of anything real)."""
+    if len(satrecs) == 0 or len(grid) == 0:
+        return
+    epochs_jd = np.array([s.jdsatepoch + s.jdsatepochF for s in satrecs])
+    e = grid.epoch_utc
+    grid_jd = 2440587.5 + (e.timestamp() + grid.offsets_s[[0, -1]]) / SECONDS_PER_DAY
+    reach_s = float(np.abs(grid_jd[:, None] - epochs_jd[None, :]).max()) * SECONDS_PER_DAY
+    if reach_s > MAX_OFFSET_S:
+        raise InputError(f"the window lies {reach_s / SECONDS_PER_YEAR:,.0f} years from the element sets' epoch; "
+                         f"SGP4 is propagated here for at most {MAX_OFFSET_S / SECONDS_PER_YEAR:g}: give an --epoch "
+                         "near the constellation's", field="epoch")
+
+
 def propagate_itrs_m(satrecs, grid: TimeGrid, names=None) -> np.ndarray:
     """Earth-fixed positions in metres, shaped (time, satellite, 3)."""
     if len(satrecs) == 0:
         raise InputError("the constellation has no satellites", field="satellites")
+    check_window(satrecs, grid)
     whole, fraction = grid.julian_utc()
     errors, r_km, _ = SatrecArray(list(satrecs)).sgp4(whole, fraction)  # (S, T), (S, T, 3)
-    if errors.any():
-        s, k = np.argwhere(errors)[0]
+    if errors.any() or not np.isfinite(r_km).all():
+        from meshemu.constellation.tle import sgp4_error_text
+
+        s, k = np.argwhere(errors | ~np.isfinite(r_km).all(axis=-1))[0]
         who = names[s] if names is not None else f"satellite {s}"
-        raise MeshemuError(f"SGP4 cannot propagate {who} at t = {grid.offsets_s[k]:g} s "
-                           f"(error {errors[s, k]}: decayed or invalid elements)")
+        why = sgp4_error_text(satrecs[s], errors[s, k]) if errors[s, k] else "no finite position"
+        raise MeshemuError(f"SGP4 cannot propagate {who} at t = {grid.offsets_s[k]:g} s: {why}; "
+                           "end the window earlier or check the elements")
     r_m = np.transpose(r_km, (1, 0, 2)) * 1e3  # (T, S, 3) TEME
     theta = grid.earth_rotation_rad()[:, None]  # (T, 1)
     c, s = np.cos(theta), np.sin(theta)

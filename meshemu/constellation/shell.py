@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 from sgp4.api import WGS72, Satrec
 
+from meshemu.config import check_name
 from meshemu.constants import WGS72_EARTH_RADIUS_M, WGS72_MU_M3_PER_S2
+from meshemu.resources import memory_problem
+
+# A satellite costs its SGP4 model, its name, grid place and +Grid links (measured ~2.8 KiB), before any
+# time steps: what is refused up front is a shell whose satellites alone would not fit.
+BYTES_PER_SATELLITE = 4096
 
 # sgp4init counts epochs in days since 1949-12-31 00:00 UTC
 _SGP4_EPOCH_JD = 2433281.5
@@ -44,6 +50,10 @@ class Shell:
     description: str = ""
 
     def __post_init__(self):
+        check_name(self.name, "shell name")
+        for name in ("raan_spread_deg", "raan_offset_deg"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"shell {self.name!r}: {name} must be a finite number, got {getattr(self, name)}")
         if self.planes < 1 or self.sats_per_plane < 1:
             raise ValueError(f"shell {self.name!r} needs at least one plane and one satellite, "
                              f"got {self.planes} x {self.sats_per_plane}")
@@ -53,6 +63,11 @@ class Shell:
             raise ValueError(f"shell {self.name!r}: inclination_deg {self.inclination_deg} is outside 0-180")
         if not 0 <= self.eccentricity < 0.1:
             raise ValueError(f"shell {self.name!r}: eccentricity {self.eccentricity} is outside [0, 0.1)")
+        problem = memory_problem(self.size * BYTES_PER_SATELLITE,
+                                 f"shell {self.name!r} of {self.planes} x {self.sats_per_plane} = {self.size:,} satellites",
+                                 "give fewer planes or satellites per plane")
+        if problem:
+            raise ValueError(problem)
 
     @property
     def size(self) -> int:

@@ -99,6 +99,9 @@ _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big-endian,
 _NLA = struct.Struct("=HH")
 
 COPY_RANGE = 20  # bytes of the packet copied to userspace: the IPv4 header without options
+TRACE_COPY_RANGE = 28  # with a trace: the first 8 bytes after it too (ICMP type, identifier, sequence; ports)
+DEFAULT_TRACE_RECORDS = 1 << 18  # records kept when MESHEMU_DELAYLINE_TRACE asks for a trace (20 MiB)
+TRACE_ENV = "MESHEMU_DELAYLINE_TRACE"  # FILE.npz: trace every run's delay line, saved there when it stops
 DEFAULT_QUEUE_MAXLEN = 65536
 DEFAULT_RCVBUF = 8 << 20
 # Measured on a 2-core VM (experiments/bench_delayline.py): with no calibration the median RTT error is
@@ -116,6 +119,7 @@ _MAGIC = 0x314C44554D48534D  # b"MSHMUDL1" read as a little-endian int64
 _HEADER_WORDS = 64  # 512 bytes of int64 words, then two histograms, then two matrices
 # header word indices
 _W_MAGIC, _W_N, _W_SEQ, _W_ACTIVE, _W_SEEN_SEQ, _W_STATE, _W_PID = 0, 1, 2, 3, 4, 5, 6
+_W_TRACE_CAP, _W_TRACE_COUNT = 7, 8  # trace ring: capacity (records), records written so far
 _STAT_FIELDS = (
     "packets",            # packets received from the kernel
     "released",           # verdicts issued (ACCEPT)
@@ -163,12 +167,32 @@ def _bin_value_us(b: np.ndarray) -> np.ndarray:
     return np.where(b < _H_FINE, b, _H_FINE + (b - _H_FINE) * 100.0) - _H_OFFSET_US
 
 
-def _layout(n: int) -> tuple[int, int, int, int]:
-    """Byte offsets: (lateness histogram, read-lag histogram, matrices, total size)."""
+def _layout(n: int, trace_records: int = 0) -> tuple[int, int, int, int]:
+    """Byte offsets: (lateness histogram, read-lag histogram, matrices, total size).
+
+    The trace ring, ``trace_records`` x :data:`TRACE_FIELDS`, follows the matrices.
+    """
     h1 = _HEADER_WORDS * 8
     h2 = h1 + _HIST_BINS * 8
     mats = (h2 + _HIST_BINS * 8 + 63) // 64 * 64
-    return h1, h2, mats, mats + 2 * n * n * 8
+    return h1, h2, mats, mats + 2 * n * n * 8 + trace_records * len(TRACE_FIELDS) * 8
+
+
+# One trace record per released packet, int64 each; times are CLOCK_MONOTONIC ns (time.monotonic_ns and
+# time.perf_counter_ns read that clock on Linux, so a probe's own stamps line up with these).
+TRACE_FIELDS = (
+    "dst",          # node the packet was addressed to (its queue)
+    "src",          # node it came from (-1: not a node address)
+    "protocol",     # IPv4 protocol (1 ICMP, 6 TCP, 17 UDP)
+    "l4_0",         # bytes 0-3 after the IPv4 header, big-endian (ICMP: type, code, checksum; TCP/UDP: ports)
+    "l4_4",         # bytes 4-7 (ICMP echo: identifier, sequence); -1 where not copied (IP options)
+    "arrival_ns",   # the kernel's receive stamp at the destination: when the hold starts
+    "read_ns",      # when the daemon read it from the queue
+    "deadline_ns",  # arrival + path delay - calibration
+    "release_ns",   # when the daemon found it due (the verdict goes out in the same wake-up)
+    "sent_ns",      # when that wake-up's verdict sends returned (the kernel reinjects inside the send)
+)
+TRACE_DTYPE = np.dtype([(f, "<i8") for f in TRACE_FIELDS])
 
 
 def _shm_path(name: str) -> str:
@@ -206,6 +230,18 @@ class _Block:
     def matrices(self, n: int) -> np.ndarray:
         _, _, off, _ = _layout(n)
         return np.ndarray((2, n, n), dtype=np.float64, buffer=self.mm, offset=off)
+
+    def trace(self, n: int) -> np.ndarray:
+        """The trace ring's records in the order written (the last ``capacity`` of them), copied."""
+        cap, count = int(self.words[_W_TRACE_CAP]), int(self.words[_W_TRACE_COUNT])
+        if cap == 0:
+            return np.zeros(0, dtype=TRACE_DTYPE)
+        _, _, off, _ = _layout(n)
+        ring = np.ndarray((cap,), dtype=TRACE_DTYPE, buffer=self.mm, offset=off + 2 * n * n * 8)
+        if count <= cap:
+            return ring[:count].copy()
+        k = count % cap
+        return np.concatenate([ring[k:], ring[:k]])
 
     def histograms(self) -> tuple[np.ndarray, np.ndarray]:
         h1, h2, _, _ = _layout(0)
@@ -365,6 +401,8 @@ class _Config:
     rcvbuf: int
     queue_maxlen: int
     use_kernel_timestamp: bool
+    copy_range: int
+    trace_records: int
 
 
 class DelayLine:
@@ -381,6 +419,11 @@ class DelayLine:
     ``keep_order``: packets of one (source, destination) pair leave in
     arrival order even when the delay drops. ``use_kernel_timestamp``: take
     the arrival time from the kernel (off: from when the daemon reads it).
+    ``trace_records``: keep a ring of that many per-packet records
+    (:data:`TRACE_FIELDS`, read with :meth:`trace`) to break a probe's error
+    down into its parts; default 0, or :data:`DEFAULT_TRACE_RECORDS` where
+    the environment variable ``MESHEMU_DELAYLINE_TRACE`` names a file, which
+    then receives the trace when the line stops (so any run can be traced).
 
     ``start()`` returns once every queue is bound; until :meth:`set_delays`
     is called all delays are 0.
@@ -391,7 +434,7 @@ class DelayLine:
                  spin_share: float = DEFAULT_SPIN_SHARE,
                  realtime: bool = True, keep_order: bool = True, rcvbuf: int = DEFAULT_RCVBUF,
                  queue_maxlen: int = DEFAULT_QUEUE_MAXLEN, use_kernel_timestamp: bool = True,
-                 start_timeout_s: float | None = None):
+                 trace_records: int | None = None, start_timeout_s: float | None = None):
         namespaces, addresses = list(namespaces), list(addresses)
         if not namespaces:
             raise InputError("a delay line needs at least one namespace")
@@ -417,6 +460,12 @@ class DelayLine:
         self.realtime, self.keep_order = bool(realtime), bool(keep_order)
         self.rcvbuf, self.queue_maxlen = int(rcvbuf), int(queue_maxlen)
         self.use_kernel_timestamp = bool(use_kernel_timestamp)
+        self.trace_file = os.environ.get(TRACE_ENV) or None
+        if trace_records is None:
+            trace_records = DEFAULT_TRACE_RECORDS if self.trace_file else 0
+        if not isinstance(trace_records, (int, np.integer)) or trace_records < 0:
+            raise InputError(f"trace_records must be a count >= 0, got {trace_records!r}")
+        self.trace_records = int(trace_records)
         self.start_timeout_s = start_timeout_s if start_timeout_s is not None else 15.0 + 0.01 * self.n
         self.shm_name = None
         self._proc = None
@@ -434,7 +483,7 @@ class DelayLine:
             if not os.path.exists(os.path.join(NETNS_RUN_DIR, ns)):
                 raise InputError(f"network namespace {ns!r} does not exist (no {NETNS_RUN_DIR}/{ns})")
         self.shm_name = f"meshemu-dl-{os.getpid()}-{os.urandom(4).hex()}"
-        _, _, _, size = _layout(self.n)
+        _, _, _, size = _layout(self.n, self.trace_records)
         try:
             self._block = _Block(self.shm_name, size)
         except OSError as e:
@@ -442,11 +491,13 @@ class DelayLine:
                                   f"{e.strerror}") from None
         w = self._block.words
         w[_W_N] = self.n
+        w[_W_TRACE_CAP] = self.trace_records
         w[_W_MAGIC] = _MAGIC
         self._writer = DelayMatrixWriter(self.shm_name, _block=self._block)
         cfg = _Config(self.namespaces, self.addresses, self.queue_num, self.shm_name,
                       round(self.calibration_s * 1e9), round(self.spin_s * 1e9), self.spin_share, self.realtime,
-                      self.keep_order, self.rcvbuf, self.queue_maxlen, self.use_kernel_timestamp)
+                      self.keep_order, self.rcvbuf, self.queue_maxlen, self.use_kernel_timestamp,
+                      TRACE_COPY_RANGE if self.trace_records else COPY_RANGE, self.trace_records)
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -487,6 +538,8 @@ class DelayLine:
         if self._finalizer is not None:
             self._finalizer()  # runs _terminate once (also at garbage collection and interpreter exit)
             self._finalizer = None
+            if self.trace_file and self._block is not None:
+                self.save_trace(self.trace_file)
         self._cleanup()
         self._proc = None
 
@@ -553,6 +606,17 @@ class DelayLine:
         out["read_lag_us"] = _percentiles(lag.copy())
         out["alive"] = self.running()
         return out
+
+    def trace(self) -> np.ndarray:
+        """The per-packet trace (a structured array of :data:`TRACE_FIELDS`), oldest first."""
+        if self._block is None:
+            raise MeshemuError("delay line not started")
+        return self._block.trace(self.n)
+
+    def save_trace(self, path: str) -> None:
+        """Write the trace, the namespaces and the addresses to ``path`` (``.npz``)."""
+        np.savez(path, trace=self.trace(), namespaces=np.array(self.namespaces),
+                 addresses=np.array(self.addresses), calibration_ns=round(self.calibration_s * 1e9))
 
     def reset_stats(self) -> None:
         """Zero the histograms and the 1 ms-late counter (e.g. after a warm-up)."""

@@ -22,6 +22,8 @@ import time
 
 from meshemu.emulation.delayline import (  # the wire layout and constants both sides share
     _HIST_BINS,
+    _W_TRACE_CAP,
+    _W_TRACE_COUNT,
     _NFGEN,
     _NLA,
     _NLHDR,
@@ -59,6 +61,7 @@ from meshemu.emulation.delayline import (  # the wire layout and constants both 
     SO_TIMESTAMP,
     STATE_READY,
     STATE_STOPPED,
+    TRACE_FIELDS,
     _Block,
     _hist_bin,
     _layout,
@@ -72,6 +75,7 @@ from meshemu.emulation.netlink import (
     NLMSG_ERROR,
     attr,
 )
+from meshemu.emulation.realtime import DAEMON_PRIORITY
 
 
 class _Libc:
@@ -275,7 +279,7 @@ def _open_queue(lc: _Libc, home_fd: int, ns: str, cfg: dict) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 1 << 20)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg["rcvbuf"])
-        msgs = config_messages(cfg["queue_num"], maxlen=cfg["queue_maxlen"])
+        msgs = config_messages(cfg["queue_num"], copy_range=cfg["copy_range"], maxlen=cfg["queue_maxlen"])
         for m in msgs:
             sock.send(m)
         errs = _ack_errors(sock, len(msgs))
@@ -345,6 +349,10 @@ class _Daemon:
         h1, h2, _, _ = _layout(0)
         self.hist_late = memoryview(self.block.mm)[h1:h1 + _HIST_BINS * 8].cast("q")
         self.hist_lag = memoryview(self.block.mm)[h2:h2 + _HIST_BINS * 8].cast("q")
+        self.trace_cap = int(self.w[_W_TRACE_CAP])
+        if self.trace_cap != cfg["trace_records"] or self.block.size < _layout(n, self.trace_cap)[3]:
+            raise _DaemonError("CapabilityError", "shared memory block does not match the trace size")
+        self.trace_off = moff + 2 * n * n * 8
         self.addr = {socket.inet_aton(a): i for i, a in enumerate(cfg["addresses"])}
         # keep kernel receive timestamps on: any socket with SO_TIMESTAMP turns them on host-wide
         self.ts_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -375,10 +383,10 @@ class _Daemon:
         self.w[_W_STATE] = STATE_READY
 
     def set_realtime(self, on: bool) -> bool:
-        """SCHED_FIFO (priority 10) or back to SCHED_OTHER; returns whether FIFO is now on."""
+        """SCHED_FIFO (above any probe) or back to SCHED_OTHER; returns whether FIFO is now on."""
         try:
             if on:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(DAEMON_PRIORITY))
             else:
                 os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             return on
@@ -405,6 +413,7 @@ class _Daemon:
         unpack_nla = _NLA.unpack_from
         be32 = struct.Struct("!I").unpack_from
         be64x2 = struct.Struct("!qq").unpack_from
+        be32x2 = struct.Struct("!II").unpack_from
         S = _S
         hbin = _hist_bin
 
@@ -426,7 +435,7 @@ class _Daemon:
         signal.signal(signal.SIGHUP, lambda *a: stop.append(1))
         ep.register(sig_r, select.EPOLLIN)
 
-        heap = []                      # (deadline_ns, queue, packet_id)
+        heap = []                      # (deadline_ns, queue, packet_id, trace record so far or None)
         books = [_VerdictBook(qnum) for _ in range(nq)]
         last_dl = {}                   # (src * n + dst) -> last deadline (keep order within a pair)
         rbuf = bytearray(65536)
@@ -446,6 +455,13 @@ class _Daemon:
         spin_budget = int(spin_share * _WINDOW_NS)
         offset_ns = real() - mono()
         release = {}                   # queue -> [ids] due now
+        trace_cap, trace_off, trace_mm = self.trace_cap, self.trace_off, self.block.mm
+        tracing = trace_cap > 0
+        traced = []                    # trace records of `release`, waiting for their send time
+        trace_count = 0
+        trace_size = len(TRACE_FIELDS) * 8
+        pack_trace = struct.Struct(f"<{len(TRACE_FIELDS)}q").pack_into
+        proto = l4_0 = l4_4 = -1
 
         def flush_counters():
             for k, v in counters.items():
@@ -456,7 +472,7 @@ class _Daemon:
 
         def send_verdicts():
             """Issue ACCEPT for every id in `release`, one send per socket."""
-            nonlocal pending
+            nonlocal pending, trace_count
             nrel = 0
             for q, ids in release.items():
                 msg, ooo = books[q].verdicts(ids)
@@ -473,10 +489,17 @@ class _Daemon:
             counters["released"] += nrel
             counters["sends"] += len(release)
             release.clear()
+            if traced:
+                t_sent = mono()
+                for rec in traced:
+                    pack_trace(trace_mm, trace_off + trace_count % trace_cap * trace_size, *rec, t_sent)
+                    trace_count += 1
+                w[_W_TRACE_COUNT] = trace_count
+                traced.clear()
 
         def read_queue(q, now):
             """Read every message waiting on queue q's socket."""
-            nonlocal pending, max_pending, mat
+            nonlocal pending, max_pending, mat, proto, l4_0, l4_4
             s = socks[q]
             recv_into = s.recv_into
             out = books[q].out
@@ -513,6 +536,13 @@ class _Daemon:
                             elif atype == NFQA_PAYLOAD:
                                 if alen >= 20:
                                     src = rbuf[p + 16:p + 20]
+                                    if tracing:
+                                        proto = rbuf[p + 13]
+                                        l4 = p + 4 + (rbuf[p + 4] & 0x0F) * 4
+                                        if l4 + 8 <= p + alen:
+                                            l4_0, l4_4 = be32x2(rbuf, l4)
+                                        else:
+                                            l4_0 = l4_4 = -1
                             elif atype == NFQA_TIMESTAMP and use_ts:
                                 sec, usec = be64x2(rbuf, p + 4)
                                 arr = sec * 1_000_000_000 + usec * 1000
@@ -557,8 +587,12 @@ class _Daemon:
                                 hist_late[hbin(now - dl)] += 1
                                 if now - dl > 1_000_000:
                                     counters["late_1ms"] += 1
+                                if tracing:
+                                    traced.append((q, -1 if node is None else node, proto, l4_0, l4_4, arr, now,
+                                                   dl, now))
                             else:
-                                heappush(heap, (dl, q, pid))
+                                heappush(heap, (dl, q, pid, (q, -1 if node is None else node, proto, l4_0, l4_4,
+                                                             arr, now, dl) if tracing else None))
                     elif mtype == NLMSG_ERROR and struct.unpack_from("=i", rbuf, off + 16)[0] != 0:
                         counters["netlink_errors"] += 1
                     off += (ln + 3) & ~3
@@ -644,12 +678,14 @@ class _Daemon:
                         spun += now - t_spin
                         spin_budget -= now - t_spin
                     while heap and heap[0][0] <= now:
-                        dl, q, pid = heappop(heap)
+                        dl, q, pid, info = heappop(heap)
                         release.setdefault(q, []).append(pid)
                         late = now - dl
                         hist_late[hbin(late)] += 1
                         if late > 1_000_000:
                             counters["late_1ms"] += 1
+                        if info is not None:
+                            traced.append((*info, now))
                 if release:
                     counters["wakeups"] += 1
                     send_verdicts()

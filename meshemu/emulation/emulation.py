@@ -32,6 +32,7 @@ class StepChanges:
     delay_changes: int = 0
     route_changes: int = 0
     apply_s: float = 0.0
+    carrier_wait_s: float = 0.0  # of apply_s: links set up, until the kernel let them carry traffic
 
     @property
     def count(self) -> int:
@@ -149,6 +150,7 @@ class Emulation:
             moved = np.flatnonzero(after & before)
         out = StepChanges(k)
         out.link_up = self.mesh.set_links(went_up, np.zeros(0, dtype=int))
+        out.carrier_wait_s = self.mesh.wait_carrier(went_up)
         delays = self._link_delays(k)
         changed_links = np.concatenate([went_up, moved])
         out.delay_changes = self._backend.update(changed_links, delays[changed_links],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,17 @@ def check_namespace_limit(wanted: int, limit_file: str = "/proc/sys/user/max_net
                               f"raise it with 'sysctl -w user.max_net_namespaces={wanted + in_use + 64}'")
 
 
+def ifindex_of(link: int, end: int) -> int:
+    """An interface index unique across the whole mesh, so no veth end shares its index with its peer.
+
+    The kernel's link watcher takes a veth whose index equals its peer's (likely when both
+    namespaces number from 2) for a device of its own kind and handles its carrier "when
+    convenient", up to a second or more later; until then the link drops what it is given.
+    Distinct indices make every carrier change urgent: handled within milliseconds.
+    """
+    return 1000 + 2 * int(link) + int(end)
+
+
 def mac_of(link: int, end: int) -> bytes:
     """Locally administered, unique per link end: 02:LL:LL:LL:LL:0E."""
     return bytes([0x02]) + int(link).to_bytes(4, "big") + bytes([end])
@@ -98,11 +110,14 @@ class Mesh:
         lines = []
         for l, (a, b) in enumerate(plan.links):
             name_a, name_b = plan.ifname[l]
-            lines.append(f"link add {name_a} address {_mac_text(mac_of(l, 0))} netns {ns[a]} type veth "
-                         f"peer name {name_b} address {_mac_text(mac_of(l, 1))} netns {ns[b]}")
+            lines.append(f"link add {name_a} index {ifindex_of(l, 0)} address {_mac_text(mac_of(l, 0))} netns {ns[a]} "
+                         f"type veth peer name {name_b} index {ifindex_of(l, 1)} address {_mac_text(mac_of(l, 1))} "
+                         f"netns {ns[b]}")
         run_ip_batch(lines, "creating links")
         self._configure_nodes()
-        self.set_links(np.flatnonzero(initially_up), np.zeros(0, dtype=int))
+        up = np.flatnonzero(initially_up)
+        self.set_links(up, np.zeros(0, dtype=int))
+        self.wait_carrier(up)
 
     def _configure_nodes(self) -> None:
         plan = self.plan
@@ -162,6 +177,34 @@ class Mesh:
         self.link_up[went_up] = True
         self.link_up[went_down] = False
         return len(went_up) + len(went_down)
+
+    def wait_carrier(self, links: np.ndarray, timeout_s: float = 2.0) -> float:
+        """Wait until both ends of ``links`` carry traffic; returns the seconds waited.
+
+        A veth set up is not yet usable: its carrier comes up and its queue is
+        attached a few milliseconds later, by the kernel's link watcher, and until
+        then whatever is sent over it is dropped (the path probes saw the first echo
+        over a fresh link lost in half the meshes). So routes move onto a link only
+        once the kernel reports it operationally up.
+        """
+        t0 = time.perf_counter()
+        waiting: dict[str, set[int]] = {}
+        for l in links:
+            for end in (0, 1):
+                waiting.setdefault(self.plan.namespaces[self.plan.links[l, end]], set()).add(int(self.ifindex[l, end]))
+        while waiting:
+            for netns in list(waiting):
+                states = self.sockets[netns].operstates()
+                waiting[netns] = {i for i in waiting[netns] if states.get(i) != nl.IF_OPER_UP}
+                if not waiting[netns]:
+                    del waiting[netns]
+            if waiting and time.perf_counter() - t0 > timeout_s:
+                netns = next(iter(waiting))
+                raise MeshemuError(f"{sum(map(len, waiting.values()))} link end(s) set up did not come up within "
+                                   f"{timeout_s:g} s (e.g. in {netns}): the kernel's link watcher is stalled")
+            if waiting:
+                time.sleep(0.0005)  # the link watcher runs in a kernel worker: give it the CPU
+        return time.perf_counter() - t0
 
     def link_between(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Link ids joining node pairs (a[i], b[i]); -1 where none."""

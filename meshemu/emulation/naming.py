@@ -100,6 +100,7 @@ def plan_mesh(full_names, n_satellites: int, links: np.ndarray, places: np.ndarr
         names.append(_city_name(full) or f"gs{g}")
         addresses.append(f"10.200.{g // 250}.{g % 250 + 1}")
     names = _unique(names)
+    _check_links(np.asarray(links), full_names)
     if len(set(addresses)) != len(addresses):
         raise InputError("two satellites share a plane and slot: the grid cannot address them")
     per_node: dict[int, set] = {}
@@ -109,6 +110,31 @@ def plan_mesh(full_names, n_satellites: int, links: np.ndarray, places: np.ndarr
                        _ifname(names[a], per_node.setdefault(int(b), set()))))
     return MeshPlan(prefix, tuple(names), tuple(addresses), np.asarray(links, dtype=np.int32), tuple(ifname),
                     n_satellites)
+
+
+def _check_links(links: np.ndarray, full_names) -> None:
+    """One link per node pair, none from a node to itself: routes name a next hop, not a link.
+
+    A second link between the same pair would leave the kernel to pick the
+    interface a route leaves by, and a route through the one that is down is
+    refused (this is how a series computed wrongly shows up, e.g. by a CPU
+    emulator whose vector instructions mis-sort).
+    """
+    if len(links) == 0:
+        return
+    loops = np.flatnonzero(links[:, 0] == links[:, 1])
+    if len(loops):
+        raise InputError(f"link {int(loops[0])} joins {full_names[links[loops[0], 0]]} to itself: "
+                         "the link series is malformed")
+    key = np.minimum(links[:, 0], links[:, 1]).astype(np.int64) * len(full_names) + np.maximum(links[:, 0], links[:, 1])
+    order = np.argsort(key, kind="stable")
+    twice = np.flatnonzero(np.diff(key[order]) == 0)
+    if len(twice):
+        i, j = int(order[twice[0]]), int(order[twice[0] + 1])
+        a, b = links[i]
+        raise InputError(f"the link series lists {full_names[a]} - {full_names[b]} twice (links {i} and {j}; "
+                         f"{len(twice)} pair(s) in all): each node pair may have one link, so the series is "
+                         "malformed (recompute it; inside a VM, check that the emulated CPU computes correctly)")
 
 
 def _city_name(full: str) -> str:

@@ -44,7 +44,8 @@ NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 # attributes
-IFLA_IFNAME = 3
+IFLA_IFNAME, IFLA_OPERSTATE = 3, 16
+IF_OPER_UP = 6
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC = 1, 4, 5, 7
 TCA_KIND, TCA_OPTIONS = 1, 2
@@ -288,20 +289,25 @@ class RtSocket:
 
     def dump_links(self) -> dict[str, int]:
         """Interface name -> index in this socket's namespace."""
+        return {attrs[IFLA_IFNAME].rstrip(b"\0").decode(): index for index, attrs in self._links()}
+
+    def operstates(self) -> dict[int, int]:
+        """Interface index -> RFC 2863 operational state (IF_OPER_UP once the carrier is up)."""
+        return {index: attrs[IFLA_OPERSTATE][0] for index, attrs in self._links() if IFLA_OPERSTATE in attrs}
+
+    def _links(self):
+        """(index, {attribute: payload}) of every interface in this socket's namespace."""
         self.sock.sendall(_with_seq(get_links(), self.seq))
         self.seq += 1
-        names = {}
+        out = []
         while True:
             for kind, _, payload in _parse(self.sock.recv(1 << 20)):
                 if kind == NLMSG_DONE:
-                    return names
+                    return out
                 if kind == NLMSG_ERROR:
                     raise NetlinkError([(0, -struct.unpack_from("=i", payload)[0])], "listing interfaces")
                 if kind == RTM_NEWLINK:
-                    index = _IFINFO.unpack_from(payload)[2]
-                    for a_kind, value in _attrs(payload[_IFINFO.size:]):
-                        if a_kind == IFLA_IFNAME:
-                            names[value.rstrip(b"\0").decode()] = index
+                    out.append((_IFINFO.unpack_from(payload)[2], dict(_attrs(payload[_IFINFO.size:]))))
 
 
 def _with_seq(msg: bytes, seq: int) -> bytes:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from meshemu.emulation.probe import describe_path_share
 from meshemu.experiments.plots import _pyplot, plot_rtt_and_hops
 
 
@@ -142,11 +143,16 @@ def write_report(result, series, mesh, routes=()) -> None:
         (f"RTT probed on the live mesh: error median {_fmt(probe.get('median_ms'), 3)} ms, "
          f"p99 {_fmt(probe.get('p99_ms'), 3)} ms over {probe.get('probes', 0)} probes ({probe.get('lost', 0)} lost)."
          if "median_ms" in probe else "No RTT probe came back during the run."),
+        "",
+        f"Paths checked hop by hop with TTL-limited probes: {describe_path_share(meta.get('paths') or {})}; "
+        "per probe in `paths.csv`.",
         "", "## Figures", "",
         "![RTT and hops](rtt_hops.png)", "", "![TPOT per token](tpot.png)", "",
         "![Predicted vs measured](predicted_vs_measured.png)", "",
-        "Files: `config.yaml`, `run.json`, `steps.csv`, `link_events.csv`, `routes.csv`, `probes.csv`, "
-        "`requests.jsonl`, `summary.csv`.", "",
+        "Files: `config.yaml`, `run.json`, `steps.csv`, `link_events.csv`, `routes.csv`, `probes.csv`, `paths.csv`, "
+        "`requests.jsonl`, `summary.csv`, `series.npz` (the link series played).", "",
+        f"See it move: `meshemu view {folder}` (the globe, routes and shards on http://127.0.0.1:8765/), or "
+        f"`meshemu view {folder} --export {folder}/view.html` for one page that opens without a server.", "",
     ]
     (folder / "report.md").write_text("\n".join(lines))
 

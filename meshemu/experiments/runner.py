@@ -5,7 +5,8 @@ A results folder holds: ``config.yaml`` (the resolved experiment), ``run.json``
 ``steps.csv`` (per step: scheduled and applied time, apply duration, changes),
 ``link_events.csv`` (links up and down), ``routes.csv`` (the routed path and
 RTT between the client and each rank, and between probe pairs, at every step),
-``probes.csv`` (RTT measured on the live mesh), ``requests.jsonl`` (per request,
+``probes.csv`` (RTT measured on the live mesh), ``paths.csv`` (TTL-limited probes:
+who answered hop by hop, against the expected path), ``requests.jsonl`` (per request,
 per token, per route, measured beside predicted), ``summary.csv``, PNG plots and
 ``report.md``.
 """
@@ -41,6 +42,7 @@ class ExperimentResult:
     requests: list = field(default_factory=list)  # request rows (measured + predicted)
     tokens: list = field(default_factory=list)  # token rows
     probes: list = field(default_factory=list)
+    paths: list = field(default_factory=list)  # PathCheck per probe pair and probed step
 
 
 def _resolve(spec: ExperimentSpec, value: str) -> str:
@@ -84,7 +86,7 @@ def build_job(spec: ExperimentSpec, source, config, tok) -> dict:
 
 def run_experiment(spec: ExperimentSpec, folder: Path, log=None) -> ExperimentResult:
     """Run one (already expanded) experiment and write its results folder."""
-    from meshemu.emulation.probe import error_summary, probe_pairs
+    from meshemu.emulation.probe import check_paths, error_summary, path_summary, probe_pairs
     from meshemu.serving.client import record_from_row
     from meshemu.serving.compute import parse_compute
     from meshemu.serving.report import analyse
@@ -102,7 +104,7 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None) -> ExperimentRe
     log(f"{spec.name}: {series.constellation}, {series.n_steps} steps of {spec.window.step_s:g} s, "
         f"{spec.parallelism.label}, placement {spec.placement}, client at {series.node_names[gs]}")
 
-    events, probes, captured = [], [], {}
+    events, probes, checks, captured = [], [], [], {}
     pool = ThreadPoolExecutor(1)
     busy = threading.Lock()
 
@@ -115,6 +117,7 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None) -> ExperimentRe
             def probe_round():
                 try:
                     probes.extend(probe_pairs(emu, pairs, rec.step, rec.t_s))
+                    checks.extend(check_paths(emu, pairs, rec.step, rec.t_s))
                 finally:
                     busy.release()
             pool.submit(probe_round)
@@ -145,9 +148,9 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None) -> ExperimentRe
         request_rows.append(row)
         token_rows += [dict(t, request=event["request"]) for t in tokens]
         route_rows += routes
-    result = ExperimentResult(spec, folder, {}, request_rows, token_rows, probes)
+    result = ExperimentResult(spec, folder, {}, request_rows, token_rows, probes, checks)
     result.summary = _summary(spec, mesh, request_rows)
-    _write(result, series, mesh, captured, wall_s, config, error_summary(probes))
+    _write(result, series, mesh, captured, wall_s, config, error_summary(probes), path_summary(checks))
     from meshemu.experiments.report import write_report
 
     write_report(result, series, mesh, routes=_read_routes(folder))
@@ -183,7 +186,7 @@ def _summary(spec, mesh, rows) -> dict:
             "rank_nodes": " ".join(mesh.rank_nodes)}
 
 
-def _write(result, series, mesh, captured, wall_s, config, probe_summary) -> None:
+def _write(result, series, mesh, captured, wall_s, config, probe_summary, path_check_summary) -> None:
     folder, run = result.folder, mesh.run
     from meshemu.emulation.player import PlayReport
 
@@ -192,8 +195,10 @@ def _write(result, series, mesh, captured, wall_s, config, probe_summary) -> Non
         player.update(first_t_s=run.step_records[0].t_s, last_t_s=run.step_records[-1].t_s)
     meta = {"experiment": result.spec.name, "capabilities": captured.get("capabilities"), "backend": run.backend,
             "placement": dict(enumerate(mesh.rank_nodes)), "client": mesh.ground_station, "addresses": run.addresses,
-            "player": player, "wall_s": wall_s, "model": config.name, "probes": probe_summary}
+            "player": player, "wall_s": wall_s, "model": config.name, "probes": probe_summary,
+            "paths": path_check_summary}
     (folder / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+    series.save(folder / "series.npz")  # the series played, for 'meshemu view DIR' (no rebuild, same numbers)
     _csv(folder / "steps.csv", [r.as_dict() for r in run.step_records])
     events = []
     for k in range(series.n_steps):
@@ -209,6 +214,8 @@ def _write(result, series, mesh, captured, wall_s, config, probe_summary) -> Non
     _csv(folder / "routes.csv", routes, ("t_s", "step", "src", "dst", "rtt_ms", "hops", "path"))
     _csv(folder / "probes.csv", [p.as_dict() for p in result.probes],
          ("t_s", "step", "src", "dst", "expected_rtt_ms", "measured_rtt_ms"))
+    _csv(folder / "paths.csv", [c.as_dict() for c in result.paths],
+         ("t_s", "step", "src", "dst", "expected_path", "answered_path", "on_path", "at_route_change"))
     with open(folder / "requests.jsonl", "w") as f:
         for row in result.requests + result.tokens:
             f.write(json.dumps(row, default=str) + "\n")

@@ -17,6 +17,11 @@ from typing import Any, Literal
 from meshemu.config import from_mapping, load_yaml
 from meshemu.errors import InputError
 
+# Requests of one run: each keeps its per-token records until the report is written.
+MAX_REQUESTS = 10_000
+# Requests in flight: the client runs each in a thread of its own.
+MAX_CONCURRENCY = 1024
+
 
 @dataclass(frozen=True)
 class Window:
@@ -24,12 +29,26 @@ class Window:
     duration_s: float = 60.0
     step_s: float = 1.0
 
+    def __post_init__(self):
+        if not self.duration_s > 0 or not self.step_s > 0:
+            raise ValueError(f"window.duration_s and window.step_s must be greater than 0 s, got "
+                             f"duration_s {self.duration_s}, step_s {self.step_s}")
+
 
 @dataclass(frozen=True)
 class Shaping:
     backend: Literal["auto", "netem", "delayline", "none"] = "auto"
     rate_mbps: float | None = None
     loss: float = 0.0
+
+    def __post_init__(self):
+        if self.rate_mbps is not None and not self.rate_mbps > 0:
+            raise ValueError(f"shaping.rate_mbps must be greater than 0 Mbit/s, got {self.rate_mbps}")
+        if not 0 <= self.loss <= 1:
+            raise ValueError(f"shaping.loss is a probability within [0, 1], got {self.loss}")
+        if self.backend in ("delayline", "none") and (self.loss or self.rate_mbps is not None):
+            raise ValueError(f"shaping.backend {self.backend} does delay only: drop loss and rate_mbps, "
+                             "or use netem (or auto)")
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,15 @@ class Workload:
             raise ValueError("workload.prompts is empty")
         if self.requests < 1 or self.max_new_tokens < 1 or self.concurrency < 1:
             raise ValueError("workload.requests, max_new_tokens and concurrency must be at least 1")
+        if self.requests > MAX_REQUESTS:
+            # every request is a record of per-token rows kept until the report is written
+            raise ValueError(f"workload.requests is at most {MAX_REQUESTS:,} per run, got {self.requests:,}: "
+                             "split it into runs")
+        if self.concurrency > MAX_CONCURRENCY:
+            raise ValueError(f"workload.concurrency is at most {MAX_CONCURRENCY:,} requests in flight, "
+                             f"got {self.concurrency:,}")
+        if not self.gap_s >= 0:
+            raise ValueError(f"workload.gap_s must be 0 s or more, got {self.gap_s}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,23 @@ class ExperimentSpec:
     sweep: Sweep | None = None
     source: str = field(default="", compare=False)  # the file it came from
 
+    def __post_init__(self):
+        from meshemu.config import check_name
+        from meshemu.serving.placement import check_strategy
+
+        check_name(self.name, "name")
+        if not 0 < self.time_scale <= 1e6:
+            raise ValueError(f"time_scale must be greater than 0 (1 is real time) and at most 1e6, "
+                             f"got {self.time_scale}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, got {self.seed}")
+        if not self.ground_station:
+            raise ValueError("ground_station is empty: name the city where the client sits")
+        try:
+            check_strategy(self.placement)
+        except InputError as err:
+            raise ValueError(f"placement: {err.detail}") from None
+
     @property
     def label(self) -> str:
         return self.name
@@ -110,7 +155,9 @@ def load_experiment(path) -> ExperimentSpec:
         if not spec.sweep.values:
             raise InputError("a sweep needs at least one value", file=path, field="sweep.values")
         _check_field(spec, spec.sweep.field, path)
-    return replace(spec, source=str(path))
+    spec = replace(spec, source=str(path))
+    expand(spec)  # every sweep value must make a valid experiment: say so now, naming the value
+    return spec
 
 
 def _check_field(spec, dotted: str, path) -> None:
@@ -134,9 +181,14 @@ def expand(spec: ExperimentSpec) -> list[ExperimentSpec]:
     if spec.sweep is None:
         return [spec]
     out = []
-    for value in spec.sweep.values:
-        one = set_field(replace(spec, sweep=None), spec.sweep.field, value)
-        out.append(replace(one, name=f"{spec.name}-{_label(spec.sweep.field, value)}", source=spec.source))
+    for i, value in enumerate(spec.sweep.values):
+        try:
+            one = set_field(replace(spec, sweep=None), spec.sweep.field, value)
+            out.append(replace(one, name=f"{spec.name}-{_label(spec.sweep.field, value)}", source=spec.source))
+        except (InputError, ValueError, TypeError) as err:
+            why = getattr(err, "detail", str(err))
+            raise InputError(f"{value!r} cannot be {spec.sweep.field}: {why}", file=spec.source or None,
+                             field=f"sweep.values[{i}]") from None
     return out
 
 

@@ -33,6 +33,7 @@ from meshemu.constellation.propagate import TimeGrid, propagate_itrs_m
 from meshemu.errors import InputError
 from meshemu.links.gsl import visible_links
 from meshemu.links.isl import isl_lengths_m
+from meshemu.resources import memory_problem
 
 _FORMAT_VERSION = 1
 
@@ -136,11 +137,14 @@ class LinkSeries:
 
     def save(self, path) -> Path:
         path = Path(path)
-        np.savez_compressed(path, format_version=_FORMAT_VERSION, constellation=self.constellation,
-                            epoch_utc=self.epoch_utc, times_s=self.times_s, node_names=np.array(self.node_names),
-                            n_satellites=self.n_satellites, links=self.links, length_m=self.length_m,
-                            positions_m=self.positions_m, ut1_equals_utc=self.ut1_equals_utc,
-                            satellite_places=self.places())
+        try:
+            np.savez_compressed(path, format_version=_FORMAT_VERSION, constellation=self.constellation,
+                                epoch_utc=self.epoch_utc, times_s=self.times_s, node_names=np.array(self.node_names),
+                                n_satellites=self.n_satellites, links=self.links, length_m=self.length_m,
+                                positions_m=self.positions_m, ut1_equals_utc=self.ut1_equals_utc,
+                                satellite_places=self.places())
+        except OSError as err:
+            raise InputError(f"cannot write: {err.strerror or err}", file=path) from None
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
     @classmethod
@@ -169,11 +173,16 @@ def find_node(node_names, name, where: str = "") -> int:
             return i
         raise InputError(f"node id {i} is outside 0..{len(node_names) - 1}")
     try:
-        return node_names.index(name)
+        i = node_names.index(name)
     except ValueError:
         close = difflib.get_close_matches(str(name), node_names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; names are matched exactly"
         raise InputError(f"unknown node {name!r}{' in ' + where if where else ''}{hint}") from None
+    if name in node_names[i + 1:]:
+        ids = [str(k) for k, n in enumerate(node_names) if n == name]
+        raise InputError(f"{name!r} names {len(ids)} nodes{' in ' + where if where else ''} "
+                         f"(ids {', '.join(ids[:5])}): give the node id instead")
+    return i
 
 
 def compute_link_series(constellation, stations, grid: TimeGrid, *, progress=None,
@@ -184,6 +193,7 @@ def compute_link_series(constellation, stations, grid: TimeGrid, *, progress=Non
     """
     c = constellation
     n_sat, n_t = c.size, len(grid)
+    check_series_size(n_sat, len(stations), n_t, len(c.isl_pairs))
     gs_pos, gs_up = ground_positions_m(stations)
     pairs = c.isl_pairs
     cross_plane = (c.plane[pairs[:, 0]] != c.plane[pairs[:, 1]]) if len(pairs) else np.zeros(0, bool)
@@ -216,6 +226,27 @@ def compute_link_series(constellation, stations, grid: TimeGrid, *, progress=Non
         length_m=np.concatenate([isl_len, gsl_len], axis=1),
         positions_m=np.concatenate([sat_pos, gs_pos32], axis=1), ut1_equals_utc=grid.ut1_equals_utc,
         satellite_places=c.places)
+
+
+def series_bytes(n_satellites: int, n_stations: int, n_steps: int, n_isls: int) -> int:
+    """A floor on the memory a link series takes while it is computed.
+
+    Positions are held twice (satellites alone, then with the stations), ISL lengths twice (alone,
+    then beside the GSLs), and each station sees at least a few satellites at every step.
+    """
+    positions = n_steps * (n_satellites * 2 + n_stations) * 3 * 4
+    lengths = n_steps * (n_isls + 4 * n_stations) * 4 * 2
+    return positions + lengths
+
+
+def check_series_size(n_satellites: int, n_stations: int, n_steps: int, n_isls: int) -> None:
+    """InputError when the series would not fit in memory: before a single array is made."""
+    problem = memory_problem(series_bytes(n_satellites, n_stations, n_steps, n_isls),
+                             f"the link series of {n_satellites:,} satellites and {n_stations:,} ground stations "
+                             f"over {n_steps:,} steps",
+                             "give a shorter window, a longer step or a smaller constellation")
+    if problem:
+        raise InputError(problem)
 
 
 def _m(km):

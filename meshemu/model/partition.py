@@ -83,6 +83,26 @@ def tensor_parallel_specs(config: ModelConfig, tp_size: int, *, layer_start: int
     return specs
 
 
+def check_layout(config: ModelConfig, tp: int, pp: int) -> None:
+    """InputError unless ``tp`` x ``pp`` ranks can split ``config``: before any shard is started.
+
+    >>> from meshemu.model.config import smollm2_135m_config
+    >>> check_layout(smollm2_135m_config(), 1, 50)
+    Traceback (most recent call last):
+    ...
+    meshemu.errors.InputError: pp 50: 50 pipeline stages for a model of 30 layers: give pp at most 30
+    """
+    if not isinstance(tp, int) or not isinstance(pp, int) or tp < 1 or pp < 1:
+        raise InputError(f"tp and pp must be whole numbers of at least 1, got tp {tp}, pp {pp}")
+    if pp > config.n_layers:
+        raise InputError(f"{pp} pipeline stages for a model of {config.n_layers} layers: "
+                         f"give pp at most {config.n_layers}", field=f"pp {pp}")
+    if tp > config.n_heads or tp > config.ffn_size:
+        raise InputError(f"tensor-parallel degree {tp} cannot split {config.name}'s {config.n_heads} query heads: "
+                         f"give tp at most {config.n_heads}", field=f"tp {tp}")
+    tensor_parallel_specs(config, tp)
+
+
 def shard_spec(config: ModelConfig, *, layer_start: int = 0, layer_stop: int | None = None,
                tp_rank: int = 0, tp_size: int = 1) -> ShardSpec:
     """The spec of one shard: pipeline stage ``[layer_start, layer_stop)``, TP rank ``tp_rank``."""

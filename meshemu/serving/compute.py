@@ -104,6 +104,17 @@ def head_time_s(config: ModelConfig, device: Device, batch: int) -> float:
     return device.seconds(2 * batch * params, params * device.weight_bytes)
 
 
+def check_weights_fit(config, model: str) -> None:
+    """InputError when ``config``'s float32 weights (and a second copy while they are cut into shards)
+    would not fit in memory: refused before the first array is made, so a shard is never left swapping."""
+    from meshemu.resources import memory_problem
+
+    problem = memory_problem(config.n_params * 4 * 2, f"{model} ({config.n_params / 1e9:.3g} G parameters, float32)",
+                             "give a smaller model, or compute device:NAME to model it without weights")
+    if problem:
+        raise InputError(problem)
+
+
 def load_source(model: str):
     """``(config, whole-model weights or None)`` for a model source string.
 
@@ -117,6 +128,8 @@ def load_source(model: str):
 
         parts = model.split(":")
         arch = parts[1] if len(parts) > 1 and parts[1] else "llama"
+        if len(parts) > 2 and not parts[2].isdigit() and parts[2]:
+            raise InputError(f"bad tiny-model seed {parts[2]!r} in {model!r}: write tiny:ARCH:SEED, SEED 0 or more")
         seed = int(parts[2]) if len(parts) > 2 and parts[2] else 0
         changes = {}
         for item in parts[3:]:  # tiny:llama:0:hidden_size=576:n_layers=4
@@ -125,10 +138,11 @@ def load_source(model: str):
                 raise InputError(f"bad tiny-model setting {item!r}: expected NAME=INTEGER")
             changes[key] = int(value)
         try:
-            weights = random_weights(tiny_config(arch, **changes), seed=seed)
-        except TypeError as err:
+            config = tiny_config(arch, **changes)
+        except (TypeError, ValueError) as err:
             raise InputError(f"bad tiny-model setting in {model!r}: {err}") from None
-        return weights.config, weights
+        check_weights_fit(config, model)
+        return config, random_weights(config, seed=seed)
     if model.startswith("preset:"):
         name = model.partition(":")[2]
         if name not in PRESETS:
@@ -193,6 +207,14 @@ class RealCompute:
         self.n_layers = len(self.model.layers)
 
     def new_cache(self, batch: int, capacity: int):
+        from meshemu.resources import memory_problem
+
+        # keys and values, float32, for this shard's layers and kv heads: a long context is GiB per request
+        nbytes = 2 * 4 * batch * capacity * self.n_layers * len(self.spec.kv_heads) * self.config.head_dim
+        problem = memory_problem(nbytes, f"the KV cache of {batch} x {capacity:,} tokens",
+                                 "ask for fewer new tokens or fewer requests at once")
+        if problem:
+            raise InputError(problem)
         return self.model.new_cache(batch, capacity)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:

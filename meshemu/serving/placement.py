@@ -78,8 +78,32 @@ class MeshPaths:
         return out
 
 
+def check_strategy(strategy) -> str:
+    """``strategy`` if it is one of :data:`STRATEGIES` in form (a list: names, none twice), else InputError.
+
+    >>> check_strategy("teleport")
+    Traceback (most recent call last):
+    ...
+    meshemu.errors.InputError: unknown placement 'teleport': use plane, spread, nearest, list:NAMES
+    """
+    if not isinstance(strategy, str):
+        raise InputError(f"a placement is text, got {strategy!r}: use {', '.join(STRATEGIES)}")
+    if strategy.startswith("list:"):
+        names = [x.strip() for x in strategy[5:].split(",")]
+        if not all(names):
+            raise InputError(f"placement {strategy!r} has an empty name: write list:p00s01,p00s02")
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice:
+            raise InputError(f"placement {strategy!r} names {twice} twice: one rank per satellite")
+        return strategy
+    if strategy not in ("plane", "spread", "nearest"):
+        raise InputError(f"unknown placement {strategy!r}: use {', '.join(STRATEGIES)}")
+    return strategy
+
+
 def place(strategy: str, n_ranks: int, paths: MeshPaths, ground_station: str, *, step: int = 0) -> list[str]:
     """Satellite names for ``n_ranks`` ranks by ``strategy`` (see the module doc)."""
+    check_strategy(strategy)
     s = paths.series
     n_sat = s.n_satellites
     if n_ranks < 1:

@@ -18,6 +18,7 @@ import argparse
 import ctypes
 import errno
 import json
+import math
 import queue
 import signal
 import socket
@@ -36,7 +37,8 @@ from meshemu.serving.compute import make_compute
 from meshemu.serving.pipeline import Kind, Layout, Session
 from meshemu.serving.rpc import shard_pb2 as pb
 from meshemu.serving.rpc import shard_pb2_grpc as pb_grpc
-from meshemu.serving.tensors import MAX_TENSOR_BYTES, Assembler, TensorError, encode
+from meshemu.resources import available_memory_bytes
+from meshemu.serving.tensors import MAX_TENSOR_BYTES, Assembler, Budget, TensorError, encode
 from meshemu.serving.transport import SERVER_OPTIONS, Links, frames
 
 DEFAULT_STEP_TIMEOUT_S = 10.0
@@ -50,6 +52,8 @@ class Shard(pb_grpc.ShardServicer):
                  step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S, max_sessions: int = 256):
         self.address, self.node = address, node or address
         self.max_tensor_bytes = max_tensor_bytes
+        # all streams together hold at most a few tensors' worth, and never more than half the free memory
+        self.budget = Budget(min(4 * max_tensor_bytes, available_memory_bytes() // 2))
         self.step_timeout_s = step_timeout_s
         self.max_sessions = max_sessions
         self.started = time.monotonic()
@@ -82,7 +86,12 @@ class Shard(pb_grpc.ShardServicer):
                                    peak_flops=request.peak_flops, peak_bandwidth_Bps=request.peak_bandwidth_Bps)
             load_s = time.perf_counter() - t0
         except MeshemuError as err:
+            self._unload()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.node}: {err}")
+        except MemoryError:
+            self._unload()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.node}: out of memory loading {request.model}: give a smaller model or more ranks")
         with self._lock:
             for s in self.sessions.values():
                 s.put(pb.Frame(kind=Kind.END), None)
@@ -91,6 +100,8 @@ class Shard(pb_grpc.ShardServicer):
                 self.node = request.node
         connected = self._connect_peers(timeout_s=min(10.0, self.step_timeout_s))
         if connected:
+            # a shard that cannot reach its peers must not say loaded=True and accept requests that then hang
+            self._unload()
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node}: cannot reach {', '.join(connected)}")
         spec = compute.spec
         self.load_info = {"model": compute.config.name, "compute": compute.kind, "stage": stage, "tp_rank": tp_rank,
@@ -100,6 +111,13 @@ class Shard(pb_grpc.ShardServicer):
                             ffn_start=spec.ffn_start, ffn_stop=spec.ffn_stop, load_s=load_s,
                             weight_bytes=int(compute.weight_bytes), model_name=compute.config.name,
                             config_json=json.dumps(compute.config.to_dict()))
+
+    def _unload(self) -> None:
+        """Forget the model after a failed Load: Health says loaded=False and Generate is refused."""
+        with self._lock:
+            for sess in self.sessions.values():
+                sess.put(pb.Frame(kind=Kind.END), None)
+            self.layout, self.compute, self.load_info = None, None, {}
 
     def _connect_peers(self, timeout_s: float) -> list[str]:
         """Open the streams to every peer this rank will send to (in parallel); return those not reached."""
@@ -111,8 +129,14 @@ class Shard(pb_grpc.ShardServicer):
         return [f"{a} (not connected within {timeout_s:g} s)" for a, good in zip(peers, ok) if not good]
 
     def Exchange(self, request_iterator, context):
-        asm = Assembler(self.max_tensor_bytes)
+        asm = Assembler(self.max_tensor_bytes, self.budget)
         head = None
+        try:
+            yield from self._exchange(request_iterator, asm, head, context)
+        finally:
+            asm.reset()  # a stream that ends mid-tensor gives its bytes back to the budget
+
+    def _exchange(self, request_iterator, asm, head, context):
         for frame in request_iterator:
             self.counters["frames_in"] += 1
             try:
@@ -133,6 +157,10 @@ class Shard(pb_grpc.ShardServicer):
                 self.counters["rejected_tensors"] += 1
                 rid, head = (head.request_id if head is not None else frame.request_id), None
                 asm.reset()
+                if self.layout is None:
+                    # no request here to fail and no head to tell: the one to tell is whoever sent it
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"{self.node}: rejected a tensor (no model is loaded): {err}")
                 self.fail_request(rid, f"rejected a tensor from rank {frame.src_rank}: {err}")
         return iter(())
 
@@ -346,6 +374,10 @@ def check_bindable(host: str, port: int) -> None:
 def serve(bind: str, node: str = "", *, step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
           max_tensor_bytes: int = MAX_TENSOR_BYTES, workers: int = 64):
     """Start a shard server on ``bind``; return ``(server, shard, address)``."""
+    if not 0 < step_timeout_s < math.inf:
+        raise InputError(f"--step-timeout must be a positive number of seconds, got {step_timeout_s}")
+    if not 1 <= max_tensor_bytes < 2**62:
+        raise InputError(f"--max-tensor-mb must be positive, got {max_tensor_bytes / 2**20:g} MiB")
     host, port = parse_address(bind)
     check_bindable(host, port)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
@@ -373,6 +405,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     die_with_parent()
     try:
+        if not math.isfinite(args.max_tensor_mb):
+            raise InputError(f"--max-tensor-mb must be a finite number of MiB, got {args.max_tensor_mb}")
         server, shard, address = serve(args.bind, args.node, step_timeout_s=args.step_timeout,
                                        max_tensor_bytes=int(args.max_tensor_mb * 2**20))
     except MeshemuError as err:
@@ -383,9 +417,15 @@ def main(argv=None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     print(f"READY {address}", flush=True)
     stop.wait()
+    # A Load or a request may still be computing in a worker thread, and the interpreter would wait for it
+    # at exit (the executor joins its threads): stop serving, then leave at once so SIGTERM ends a shard
+    # within a second whatever it was doing.
+    threading.Timer(1.0, lambda: os._exit(0)).start()
     server.stop(0.5).wait()
     shard.close()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ meshemu.serving.tensors.TensorError: tensor of 24 bytes exceeds the limit of 16 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -84,19 +85,23 @@ class Assembler:
     :func:`check_header`; every later chunk must repeat the header and fit.
     """
 
-    def __init__(self, max_bytes: int = MAX_TENSOR_BYTES):
+    def __init__(self, max_bytes: int = MAX_TENSOR_BYTES, budget: "Budget | None" = None):
         self.max_bytes = max_bytes
+        self.budget = budget
         self._head = None
         self._buf = None
         self._filled = 0
         self._chunk = 0
+        self._reserved = 0
 
     @property
     def busy(self) -> bool:
         return self._head is not None
 
     def reset(self) -> None:
-        self._head, self._buf, self._filled, self._chunk = None, None, 0, 0
+        if self._reserved and self.budget is not None:
+            self.budget.release(self._reserved)
+        self._head, self._buf, self._filled, self._chunk, self._reserved = None, None, 0, 0, 0
 
     def feed(self, msg) -> np.ndarray | None:
         """Take one chunk; return the whole array when this was the last, else None."""
@@ -108,6 +113,9 @@ class Assembler:
                 raise TensorError(f"chunk {msg.chunk} of {msg.n_chunks} arrived first")
             if msg.n_chunks > max(1, nbytes):
                 raise TensorError(f"{msg.n_chunks} chunks for {nbytes} bytes")
+            if self.budget is not None:
+                self.budget.take(nbytes)
+                self._reserved = nbytes
             self._head = (msg.dtype, tuple(msg.shape), msg.n_chunks, nbytes, dtype, shape)
             self._buf = np.empty(nbytes, dtype=np.uint8)
             self._filled, self._chunk = 0, 0
@@ -133,6 +141,35 @@ class Assembler:
         out = self._buf.view(dtype).reshape(shape)
         self.reset()
         return out
+
+
+class Budget:
+    """Bytes of tensors being received at once, over all streams: each stream may declare up to the
+    per-tensor limit, so without a shared cap 16 streams would ask for 16 times that.
+
+    >>> b = Budget(100)
+    >>> b.take(60); b.take(50)
+    Traceback (most recent call last):
+    ...
+    meshemu.serving.tensors.TensorError: a tensor of 50 bytes would make 110 bytes in flight, over this shard's budget of 100 bytes: send smaller tensors or fewer at once
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = int(limit_bytes)
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> None:
+        with self._lock:
+            if self.in_flight + nbytes > self.limit_bytes:
+                raise TensorError(f"a tensor of {nbytes} bytes would make {self.in_flight + nbytes} bytes in flight, "
+                                  f"over this shard's budget of {self.limit_bytes} bytes: send smaller tensors or "
+                                  "fewer at once")
+            self.in_flight += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.in_flight = max(0, self.in_flight - nbytes)
 
 
 def expect(array: np.ndarray, shape: tuple, dtype, what: str) -> np.ndarray:

@@ -1,5 +1,7 @@
 """A hand-made link series small enough to reason about, for the emulation tests."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -33,3 +35,30 @@ def square_series() -> LinkSeries:
 @pytest.fixture
 def square():
     return square_series()
+
+
+@pytest.fixture
+def test_shaper():
+    """The backend the path and link tests run under: none here; tools/vm.sh forces netem in its VM."""
+    return os.environ.get("MESHEMU_TEST_SHAPER", "none")
+
+
+def require_netem(caps):
+    """Skip without sch_netem, with the reason; where netem is expected (the VM), fail instead."""
+    if caps.netem:
+        return
+    reason = (f"this kernel ({caps.kernel}) has no sch_netem: netem runs where it exists "
+              "(the Vagrant box, tools/vm.sh test); its netlink messages are checked in test_netlink.py")
+    if os.environ.get("MESHEMU_EXPECT_NETEM"):
+        pytest.fail(f"MESHEMU_EXPECT_NETEM is set but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def netem_caps():
+    """This kernel's capabilities, for a test that needs netem (see require_netem)."""
+    from meshemu.emulation import kernel
+
+    caps = kernel.probe(prefix=f"mtcaps{os.getpid()}")
+    require_netem(caps)
+    return caps

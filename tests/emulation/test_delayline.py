@@ -144,6 +144,34 @@ def test_shared_block_double_buffers():
     assert not os.path.exists(f"/dev/shm/{name}")
 
 
+def test_trace_ring_reads_oldest_first():
+    name = f"meshemu-dl-{os.getpid()}-trace"
+    _, _, _, size = dl._layout(2, trace_records=4)
+    assert size == dl._layout(2)[3] + 4 * len(dl.TRACE_FIELDS) * 8
+    block = dl._Block(name, size)
+    try:
+        w = block.words
+        w[dl._W_N], w[dl._W_TRACE_CAP] = 2, 4
+        assert len(block.trace(2)) == 0
+        _, _, off, _ = dl._layout(2)
+        ring = np.ndarray((4,), dtype=dl.TRACE_DTYPE, buffer=block.mm, offset=off + 2 * 2 * 2 * 8)
+        for k in range(6):  # as the daemon writes: record k into slot k % capacity, then the count
+            ring[k % 4]["arrival_ns"] = k
+            w[dl._W_TRACE_COUNT] = k + 1
+            if k == 2:
+                assert list(block.trace(2)["arrival_ns"]) == [0, 1, 2]
+        assert list(block.trace(2)["arrival_ns"]) == [2, 3, 4, 5]  # wrapped: the last four, oldest first
+        del ring
+    finally:
+        block.close()
+        dl._unlink(name)
+
+
+def test_trace_records_must_be_a_count():
+    with pytest.raises(InputError, match="trace_records"):
+        DelayLine(["a"], ["10.0.0.1"], trace_records=-1)
+
+
 def test_histogram_percentiles():
     h = np.zeros(dl._HIST_BINS, dtype=np.int64)
     h[dl._hist_bin(0)] = 90
@@ -228,6 +256,33 @@ def test_two_nodes_5ms(line2, started):
     assert st["alive"] and st["packets"] >= 120 and st["released"] == st["packets"] and st["pending"] == 0
     assert st["enobufs"] == 0 and st["unknown_source"] == 0
     assert st["lateness_us"]["count"] >= 120 and "p99" in st["lateness_us"]
+
+
+@pytest.mark.root
+@needs_root
+def test_trace_records_every_packet_with_its_hold(line3, started, tmp_path, monkeypatch):
+    monkeypatch.setenv(dl.TRACE_ENV, str(tmp_path / "trace.npz"))  # traced by the environment, saved at stop
+    line = started(line3)
+    d = np.zeros((3, 3))
+    d[0, 2], d[2, 0] = 0.004, 0.010
+    line.set_delays(d)
+    r = _probe(line3, 0, 2, count=20)
+    assert r.lost == 0
+    t = line.trace()
+    udp = t[t["protocol"] == 17]
+    assert len(udp) == 40  # every probe and every echo, each once (transit at node 1 is not queued)
+    req, rep = udp[udp["dst"] == 2], udp[udp["dst"] == 0]
+    assert (req["src"] == 0).all() and (rep["src"] == 2).all()
+    assert ((req["l4_0"] & 0xFFFF) == 47999).all()  # the copied UDP header: destination port
+    calibration_ns = round(line.calibration_s * 1e9)
+    np.testing.assert_array_equal(req["deadline_ns"] - req["arrival_ns"], 4_000_000 - calibration_ns)
+    np.testing.assert_array_equal(rep["deadline_ns"] - rep["arrival_ns"], 10_000_000 - calibration_ns)
+    for rec in (req, rep):
+        assert (rec["read_ns"] >= rec["arrival_ns"]).all() and (rec["release_ns"] >= rec["deadline_ns"]).all()
+        assert (rec["sent_ns"] >= rec["release_ns"]).all()
+    line.stop()
+    saved = np.load(tmp_path / "trace.npz")
+    assert len(saved["trace"]) == len(t) and list(saved["namespaces"]) == line3.namespaces
 
 
 @pytest.mark.root

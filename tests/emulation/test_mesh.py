@@ -31,8 +31,8 @@ def expected_path(emu, k, src, dst):
 
 
 class TestSquare:
-    def test_paths_follow_the_series_through_changes(self, square, prefix):
-        with Emulation(square, shaper="none", prefix=prefix, log=lambda _: None) as emu:
+    def test_paths_follow_the_series_through_changes(self, square, prefix, test_shaper):
+        with Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None) as emu:
             assert traceroute(emu, "Alpha", "Beta") == expected_path(emu, 0, "Alpha", "Beta")
             assert len(expected_path(emu, 0, "Alpha", "Beta")) == 3  # 0, 1, Beta
             emu.apply_step(1)  # link 0-1 down: the route goes round the square
@@ -41,8 +41,8 @@ class TestSquare:
             emu.apply_step(3)  # a jump: Beta now hangs off satellite 2
             assert traceroute(emu, "Alpha", "Beta") == expected_path(emu, 3, "Alpha", "Beta")
 
-    def test_a_downed_link_carries_nothing(self, square, prefix):
-        with Emulation(square, shaper="none", prefix=prefix, log=lambda _: None) as emu:
+    def test_a_downed_link_carries_nothing(self, square, prefix, test_shaper):
+        with Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None) as emu:
             assert ping_ok(emu, "Alpha", "Beta")
             emu.apply_step(1)
             emu.apply_step(2)  # Beta's only link is down
@@ -54,14 +54,14 @@ class TestSquare:
             emu.apply_step(3)
             assert ping_ok(emu, "Alpha", "Beta")
 
-    def test_stations_never_forward(self, square, prefix):
-        with Emulation(square, shaper="none", prefix=prefix, log=lambda _: None) as emu:
+    def test_stations_never_forward(self, square, prefix, test_shaper):
+        with Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None) as emu:
             out = emu.host("Alpha").cmd("sysctl -n net.ipv4.ip_forward").strip()
             assert out == "0"
             assert emu.host("p00s00").cmd("sysctl -n net.ipv4.ip_forward").strip() == "1"
 
-    def test_mininet_hosts_answer_commands(self, square, prefix):
-        with Emulation(square, shaper="none", prefix=prefix, log=lambda _: None) as emu:
+    def test_mininet_hosts_answer_commands(self, square, prefix, test_shaper):
+        with Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None) as emu:
             h = emu.host("p00s00")
             assert h.IP() == "10.100.0.1"
             assert "10.100.0.1/32" in h.cmd("ip -br addr show lo")
@@ -71,24 +71,53 @@ class TestSquare:
         assert subprocess.run(["pgrep", "-f", "mininet:p00s00"], capture_output=True).returncode != 0
 
 
+class TestLinksCarryAtOnce:
+    """A veth set up drops what is sent before the kernel's link watcher attaches its queue (a few
+    ms later): the first packet after the mesh comes up, or after a link comes up at a step, must
+    still arrive, because routes move onto a link only once it is operationally up."""
+
+    def first_echo(self, emu, src, dst):
+        from meshemu.emulation.probe import echo_rtt_s
+
+        a, b = emu.plan.node(src), emu.plan.node(dst)
+        return echo_rtt_s(emu.plan.namespaces[a], emu.plan.addresses[a], emu.plan.addresses[b], timeout_s=1.0)
+
+    def test_right_after_start(self, square, prefix, test_shaper):
+        lost = 0
+        for _ in range(8):  # the race was lost in about half the meshes before
+            with Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None) as emu:
+                lost += self.first_echo(emu, "Alpha", "Beta") is None
+        assert lost == 0
+
+    def test_right_after_a_link_comes_up(self, square, prefix, test_shaper):
+        with Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None) as emu:
+            lost = 0
+            for _ in range(6):
+                emu.apply_step(2)  # Beta cut off
+                changes = emu.apply_step(3)  # links 0-1 and 2-Beta come up; Alpha-0-1-2-Beta
+                assert changes.link_up == 2 and changes.carrier_wait_s >= 0
+                lost += self.first_echo(emu, "Alpha", "Beta") is None
+            assert lost == 0
+
+
 class TestCleanup:
-    def test_an_exception_leaves_nothing(self, square, prefix):
+    def test_an_exception_leaves_nothing(self, square, prefix, test_shaper):
         with pytest.raises(RuntimeError):
-            with Emulation(square, shaper="none", prefix=prefix, log=lambda _: None) as emu:
+            with Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None) as emu:
                 emu.host("Alpha").cmd("true")
                 raise RuntimeError("boom")
         assert not existing_namespaces(prefix)
 
-    def test_leftovers_are_reported_then_cleaned(self, square, prefix):
+    def test_leftovers_are_reported_then_cleaned(self, square, prefix, test_shaper):
         from meshemu.emulation.clean import clean
 
-        emu = Emulation(square, shaper="none", prefix=prefix, log=lambda _: None)
+        emu = Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None)
         emu.start()
         sleeper = subprocess.Popen(["nsenter", f"--net=/run/netns/{emu.plan.namespaces[0]}", "sleep", "60"])
         emu.mesh.sockets.close()  # as if the process had been killed: nothing torn down
         try:
             with pytest.raises(MeshemuError, match="meshemu clean"):
-                Emulation(square, shaper="none", prefix=prefix, log=lambda _: None).start()
+                Emulation(square, shaper=test_shaper, prefix=prefix, log=lambda _: None).start()
             done = clean(prefix)
             assert done["namespaces"] == 6 and done["processes"] >= 1
             assert sleeper.wait(timeout=5) is not None
@@ -109,8 +138,8 @@ class TestCleanup:
             run_ip_batch([f"netns del {other}"], "test")
 
 
-def test_demo_mesh_matches_the_series(demo_series, prefix):
-    with Emulation(demo_series, shaper="none", prefix=prefix, log=lambda _: None) as emu:
+def test_demo_mesh_matches_the_series(demo_series, prefix, test_shaper):
+    with Emulation(demo_series, shaper=test_shaper, prefix=prefix, log=lambda _: None) as emu:
         for src, dst in (("Tokyo", "Paris"), ("NewYork", "London")):
             assert traceroute(emu, src, dst) == expected_path(emu, 0, src, dst)
         emu.apply_step(30)

@@ -49,3 +49,22 @@ def test_multi_shell_and_gridless_names():
 def test_bad_prefix_is_refused():
     with pytest.raises(InputError, match="prefix"):
         plan_mesh(("a",), 1, np.zeros((0, 2)), np.zeros((1, 3)), prefix="no spaces")
+
+
+class TestOneLinkPerPair:
+    """A pair joined twice (in either order) or a node joined to itself is refused before anything is built."""
+
+    places = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0]])
+
+    def test_the_same_pair_twice_in_either_order(self):
+        links = np.array([[0, 1], [1, 2], [2, 0], [1, 0]])
+        with pytest.raises(InputError, match=r"lists a - b twice \(links 0 and 3; 1 pair"):
+            plan_mesh(("a", "b", "c"), 3, links, self.places)
+
+    def test_a_link_to_itself(self):
+        with pytest.raises(InputError, match="joins b to itself"):
+            plan_mesh(("a", "b", "c"), 3, np.array([[0, 1], [1, 1]]), self.places)
+
+    def test_distinct_pairs_pass(self):
+        plan = plan_mesh(("a", "b", "c"), 3, np.array([[0, 1], [1, 2], [2, 0]]), self.places)
+        assert len(plan.links) == 3

@@ -1,0 +1,117 @@
+"""A shard's budgets: a Load too big for memory is refused up front, and a failed Load leaves it unloaded."""
+
+import time
+
+import grpc
+import pytest
+
+from meshemu.serving.rpc import shard_pb2 as pb
+from meshemu.serving.shard import serve
+from meshemu.serving.transport import stub
+
+
+@pytest.fixture
+def shard():
+    server, shard, address = serve("127.0.0.1:0", step_timeout_s=1.0)
+    channel, s = stub(address)
+    yield address, s
+    channel.close()
+    server.stop(0)
+    shard.close()
+
+
+def load(s, address, model="tiny:llama:0", ranks=None, n_stages=1):
+    return s.Load(pb.LoadRequest(model=model, ranks=ranks or [address], rank=0, tp_size=1, n_stages=n_stages),
+                  timeout=20)
+
+
+def test_a_model_too_big_for_memory_is_refused_at_once(shard):
+    # before: ~200 MB/s of allocation for minutes, past the client's deadline, deaf to SIGTERM
+    address, s = shard
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        load(s, address, "tiny:llama:0:hidden_size=10000000:n_layers=1000")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "G parameters, float32) needs about" in err.value.details() and "of memory" in err.value.details()
+    assert time.monotonic() - t0 < 5
+    assert not s.Health(pb.HealthRequest(), timeout=5).loaded
+
+
+def test_a_load_that_cannot_reach_its_peer_leaves_the_shard_unloaded(shard):
+    address, s = shard
+    load(s, address)
+    assert s.Health(pb.HealthRequest(), timeout=5).loaded
+    with pytest.raises(grpc.RpcError) as err:
+        load(s, address, ranks=[address, "127.0.0.1:1"], n_stages=2)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "cannot reach 127.0.0.1:1" in err.value.details()
+    assert not s.Health(pb.HealthRequest(), timeout=5).loaded
+    with pytest.raises(grpc.RpcError, match="no model loaded"):
+        list(s.Generate(pb.GenerateRequest(prompt=[1, 2], max_new_tokens=1), timeout=5))
+
+
+def test_a_refused_load_unloads_the_previous_model(shard):
+    address, s = shard
+    load(s, address)
+    with pytest.raises(grpc.RpcError, match="4 pipeline stages for a model of 3 layers"):
+        load(s, address, ranks=[address] * 4, n_stages=4)
+    assert not s.Health(pb.HealthRequest(), timeout=5).loaded
+
+
+def test_tensors_in_flight_share_one_budget():
+    # before: each of 16 streams could declare 512 MiB and the 16th allocation failed with a traceback
+    import numpy as np
+
+    from meshemu.serving.tensors import Assembler, Budget, TensorError, encode
+
+    budget = Budget(3 << 20)
+    chunks = encode(np.zeros(2 << 18, np.float32), chunk_bytes=1 << 19)  # 2 MiB in 4 chunks
+    first, second = Assembler(4 << 20, budget), Assembler(4 << 20, budget)
+    assert first.feed(chunks[0]) is None and budget.in_flight == 2 << 20
+    with pytest.raises(TensorError, match="would make 4194304 bytes in flight, over this shard's budget"):
+        second.feed(chunks[0])
+    for c in chunks[1:]:
+        out = first.feed(c)
+    assert out.shape == (2 << 18,) and budget.in_flight == 0
+    assert second.feed(chunks[0]) is None  # room again once the first tensor is whole
+    second.reset()
+    assert budget.in_flight == 0
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_shard_within_a_second_even_mid_load():
+    # before: the executor thread building the weights kept the process alive until the Load finished
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "meshemu.serving.shard", "--bind", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        address = proc.stdout.readline().split()[1]
+        channel, s = stub(address)
+        busy = threading.Thread(target=lambda: pytest.raises(grpc.RpcError, load, s, address,
+                                                              "tiny:llama:0:hidden_size=1024:n_layers=24:ffn_size=4096"))
+        busy.start()
+        time.sleep(1.0)  # the Load is now making ~0.8 GB of random weights
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+        assert time.monotonic() - t0 < 1.5
+        busy.join(timeout=10)
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_refused_tensor_is_answered_to_its_sender(shard):
+    # before: the stream ended as if all was well and the sender never learnt why nothing happened
+    address, s = shard
+    bad = pb.Frame(request_id="r", src_rank=1, tensor=pb.Tensor(dtype="float32", shape=[2**40], total_bytes=2**42,
+                                                                 n_chunks=2, chunk=0, data=b"x"))
+    with pytest.raises(grpc.RpcError) as err:
+        list(s.Exchange(iter([bad]), timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rejected a tensor (no model is loaded): tensor of 4398046511104 bytes exceeds the limit" in err.value.details()
