@@ -74,9 +74,9 @@ def attach_stamps(probes, stamps, names, addresses):
             p.update(ident=int(s["ident"]), sent_ns=int(s["sent_ns"]), received_ns=int(s["received_ns"]))
 
 
-def rtt_probe_records(trace):
-    """ICMP echo requests and replies with sequence 0, keyed by (kind, queue node, source node, identifier)."""
-    t = trace[(trace["protocol"] == ICMP) & (trace["l4_4"] >= 0) & ((trace["l4_4"] & 0xFFFF) == 0)]
+def rtt_probe_records(trace, seq=0):
+    """ICMP echo requests and replies with sequence ``seq``, keyed by (kind, queue node, source node, identifier)."""
+    t = trace[(trace["protocol"] == ICMP) & (trace["l4_4"] >= 0) & ((trace["l4_4"] & 0xFFFF) == seq)]
     kind = t["l4_0"] >> 24
     out = {}
     for rec, k in zip(t, kind):
@@ -85,10 +85,11 @@ def rtt_probe_records(trace):
     return out
 
 
-def join(trace, names, probes):
-    """Per probe of ``probes`` (CSV rows), the parts of its error, as a dict of arrays (ms)."""
+def join(trace, names, probes, seq=0):
+    """Per probe of ``probes`` (CSV rows): (src, dst, expected ms, measured ms, request record, reply record,
+    the probe's send and receive stamps or None)."""
     node = {n: i for i, n in enumerate(names)}
-    recs = rtt_probe_records(trace)
+    recs = rtt_probe_records(trace, seq)
     rows = []
     by_pair = {}
     for p in probes:
@@ -145,14 +146,23 @@ def parts(rows, calibration_ns):
     return {k: np.array(v) for k, v in cols.items() if len(v) == len(rows)}
 
 
-def table(c):
+def table(c, pairs):
+    """Rows per path length (expected RTT) and per pair."""
+    groups = [("all", np.ones(len(c["error"]), dtype=bool))]
+    groups += [(f"{lo}-{hi} ms", (c["expected"] >= lo) & (c["expected"] < hi)) for lo, hi in BUCKETS_MS]
+    for pair in sorted(set(pairs), key=lambda p: np.mean(c["expected"][np.array(pairs) == p])):
+        m = np.array(pairs) == pair
+        groups.append((f"{pair} ({np.mean(c['expected'][m]):.0f} ms)", m))
+    return _rows(c, groups)
+
+
+def _rows(c, groups):
     heads = ("paths (expected RTT)", "probes", "error p50/p99", "late req+rep p50/p99", "held-exp p50/p99",
              "turnaround p50/p99", "rest p50/p99", "late>0.3 ms", "rest>0.5 ms")
     if "send_side" in c:
         heads += ("rest: send side p50/p99", "rest: receive side p50/p99")
     lines = [" | ".join(heads), " | ".join("---" for _ in heads)]
-    for lo, hi in ((0, 1000),) + BUCKETS_MS:
-        m = (c["expected"] >= lo) & (c["expected"] < hi)
+    for label, m in groups:
         if not m.any():
             continue
         late = c["late_req"][m] + c["late_rep"][m]
@@ -160,7 +170,6 @@ def table(c):
         def pq(x):
             return f"{np.median(x):.3f} / {np.percentile(x, 99):.3f}"
 
-        label = "all" if (lo, hi) == (0, 1000) else f"{lo}-{hi} ms"
         lines.append(" | ".join([label, str(int(m.sum())), pq(c["error"][m]), pq(late),
                                  pq(c["held_minus_expected"][m]), pq(c["turnaround"][m]), pq(c["rest"][m]),
                                  str(int((np.maximum(c["late_req"][m], c["late_rep"][m]) > 0.3).sum())),
@@ -214,6 +223,8 @@ def main(argv=None):
                                               "probes.csv)")
     ap.add_argument("--worst", type=int, default=10, help="list this many worst probes with their parts")
     ap.add_argument("--csv", help="write the per-probe parts here")
+    ap.add_argument("--echo-seq", type=int, default=0,
+                    help="ICMP sequence number of the RTT probes (0; 'ping -c 1', the probe before, sends 1)")
     ap.add_argument("--stamps", help="the probe's own stamps (CSV: netns, dst, ident, seq, sent_ns, received_ns)")
     ap.add_argument("--duration", type=float, default=30.0, help="run: seconds of the demo shell (30)")
     ap.add_argument("--repeat", type=int, default=1, help="run: probe rounds per step (1)")
@@ -231,13 +242,13 @@ def main(argv=None):
     if args.stamps:
         with open(args.stamps, newline="") as f:
             attach_stamps(probes, list(csv.DictReader(f)), names, addresses)
-    rows = join(trace, names, probes)
+    rows = join(trace, names, probes, args.echo_seq)
     if not rows:
         sys.exit("no probe of the CSV was found in the trace")
     c = parts(rows, calibration_ns)
     print(f"{len(rows)} probes joined; {len(trace)} trace records; calibration {calibration_ns / 1e3:.0f} us "
           "per release; all figures ms")
-    print(table(c))
+    print(table(c, [f"{r[0]}-{r[1]}" for r in rows]))
     order = np.argsort(-c["error"])[:args.worst]
     print("\nworst probes: pair, expected, error = late req + late rep + held-expected + turnaround + rest;"
           " read lag req/rep; reply verdict send")

@@ -243,7 +243,7 @@ class TestRunCheck:
         ("concurrency: 1", "concurrency: 5000", ["workload.concurrency is at most 1,024"]),
         ("max_new_tokens: 16", "max_new_tokens: 100000000", ["workload.max_new_tokens", "context of 8192"]),
         ("gap_s: 20", "gap_s: -1", ["gap_s must be 0 s or more"]),
-        ("concurrency: 1", "concurrency: 1\n  chat_template: false\n  prompts: ['']",
+        ("  prompts:\n    - What is the capital of France?", "  chat_template: false\n  prompts:\n    - ''",
          ["workload.prompts[0]: the prompt is 0 tokens"]),
         ("seed: 0", "seed: -1", ["seed must be 0 or more"]),
         ("[Paris, Moscow]", "[Paris, Gotham]", ["probes[0]: unknown node 'Gotham'"]),

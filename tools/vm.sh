@@ -171,6 +171,7 @@ fi
 # the same image computes the host's series exactly with -cpu Nehalem and wrongly with -cpu max.
 cpu=Nehalem; [ "$accel" = kvm ] && cpu=host
 say "Debian $suite, kernel $(cat "$image/kernel-release"), under $accel_note; $cpus CPUs, $mem_mb MB"
+printf '%s\n' "$accel" > "$job/accel"
 
 qemu_pid=
 boot() {  # boot ACTION DISK LIMIT_S: run tools/vm-guest.sh ACTION in the VM; sets $rc

@@ -39,4 +39,10 @@ def run(args) -> int:
               f"{s['tpot_error_pct']} %)", file=sys.stderr)
     print(f"meshemu: results in {folder}/ (report.md)", file=sys.stderr)
     print(folder / "report.md")
+    dead = [r for r in results if r.summary["requests"] and r.summary["failed"] == r.summary["requests"]]
+    if dead:  # the results folder says why; a run that answered nothing must not look like a success
+        s = dead[0].summary
+        print(f"meshemu: error: {s['name']}: all {s['requests']} requests failed; the first error is in "
+              f"{dead[0].folder}/report.md", file=sys.stderr)
+        return 1
     return 0

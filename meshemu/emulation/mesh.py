@@ -178,7 +178,7 @@ class Mesh:
         self.link_up[went_down] = False
         return len(went_up) + len(went_down)
 
-    def wait_carrier(self, links: np.ndarray, timeout_s: float = 2.0) -> float:
+    def wait_carrier(self, links: np.ndarray, timeout_s: float = 5.0) -> float:
         """Wait until both ends of ``links`` carry traffic; returns the seconds waited.
 
         A veth set up is not yet usable: its carrier comes up and its queue is
