@@ -36,18 +36,8 @@ case "$action" in
       tests/emulation/test_player.py tests/emulation/test_interrupt.py
     ;;
   run)
-    sed 's/backend: auto/backend: netem/' experiments/quickstart.yaml > /tmp/quickstart-netem.yaml
-    grep -q 'backend: netem' /tmp/quickstart-netem.yaml || { say "the quickstart has no 'backend: auto' to switch"; exit 1; }
-    if [ "$(cat /mnt/job/accel 2>/dev/null)" = tcg ]; then
-      # Under software emulation numpy runs the model tens of times slower than on the host (the
-      # first token of a 37-token prompt took over 10 s, against 0.4 s here), past the client's
-      # deadlines: the shards then model an Orin's compute time instead, with the real layer
-      # shapes and activation sizes, so what is measured is the mesh and netem, as intended.
-      sed -i 's/^model: .*/model: {source: preset:smollm2-135m, compute: "device:orin"}/' /tmp/quickstart-netem.yaml
-      say "TCG: the quickstart's compute is modelled (device:orin); its network path, netem and shards are real"
-    fi
     mkdir -p /mnt/job/out
-    meshemu run /tmp/quickstart-netem.yaml --out /mnt/job/out/quickstart
+    bash tools/quickstart-variant.sh /mnt/job/out/quickstart "$(cat /mnt/job/accel 2>/dev/null)"
     ;;
   shell)
     mapfile -d '' -t args < /mnt/job/args

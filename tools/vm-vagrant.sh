@@ -100,6 +100,10 @@ EOF
   rm -rf "$cache"/box-* && mkdir -p "$box" && mv "$work/meshemu-local.box" "$box/"
   rm -rf "$work"; trap - EXIT
 fi
+# Vagrant's own folder for this box, outside root's home: libvirt's QEMU runs as its own user
+# and must read the box's kernel and initrd ("could not open kernel file: Permission denied").
+export VAGRANT_HOME=$cache/vagrant-home
+mkdir -p "$VAGRANT_HOME" && chmod 755 "$cache" "$VAGRANT_HOME"
 vagrant box add --force --name meshemu-local "$box/meshemu-local.box" >&2
 
 # -- up, quickstart, destroy: in a copy of the working tree, so .vagrant/ never lands in the repo
@@ -120,7 +124,8 @@ t0=$SECONDS
 vagrant up --provider libvirt || cannot "vagrant up failed after $((SECONDS - t0)) s (its output is above)"
 say "up and provisioned in $((SECONDS - t0)) s"
 rc=0
-vagrant ssh -c 'cd /vagrant && sudo meshemu run experiments/quickstart.yaml --out results/quickstart' || rc=$?
+accel=tcg; [ "${MESHEMU_BOX_DRIVER:-qemu}" = kvm ] && accel=kvm
+vagrant ssh -c "cd /vagrant && sudo bash tools/quickstart-variant.sh results/quickstart $accel" || rc=$?
 mkdir -p "$run/out"
 if vagrant ssh -c 'cd /vagrant && tar cf - results/quickstart' 2>/dev/null | tar xf - -C "$run/out"; then
   mkdir -p "$repo/results" && rm -rf "$repo/results/vagrant-quickstart"

@@ -461,7 +461,6 @@ class _Daemon:
         trace_count = 0
         trace_size = len(TRACE_FIELDS) * 8
         pack_trace = struct.Struct(f"<{len(TRACE_FIELDS)}q").pack_into
-        proto = l4_0 = l4_4 = -1
 
         def flush_counters():
             for k, v in counters.items():
@@ -499,7 +498,7 @@ class _Daemon:
 
         def read_queue(q, now):
             """Read every message waiting on queue q's socket."""
-            nonlocal pending, max_pending, mat, proto, l4_0, l4_4
+            nonlocal pending, max_pending, mat
             s = socks[q]
             recv_into = s.recv_into
             out = books[q].out
@@ -526,6 +525,7 @@ class _Daemon:
                         pid = None
                         src = None
                         arr = 0
+                        proto = l4_0 = l4_4 = -1  # trace fields, where the payload has them
                         while p + 4 <= end:
                             alen, atype = unpack_nla(rbuf, p)
                             if alen < 4:

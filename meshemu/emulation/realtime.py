@@ -2,12 +2,21 @@
 
 On the 2-core development VM a process at normal priority that wakes for a
 packet waits behind whatever else runs (the model's shards, a test suite, a
-VM): measured there, a probe's receive side (delay line release -> the probe
-stamps the answer) had a p99 of 30-50 ms at normal priority and 0.3-0.6 ms under
-SCHED_FIFO, while the delay line itself released within microseconds of each
-deadline. So whatever *measures* the delay line must wake as promptly as the
-delay line releases: :func:`realtime_thread` runs the calling thread under
-SCHED_FIFO for one block and restores what it had after.
+VM). Measured there with the delay line's trace
+(``experiments/delayline_breakdown.py``), the delay line released the probes'
+packets within ~0.1 ms of their deadlines (p99), while the probe's receive
+side (release -> the probe stamps the answer) had a p99 of 4.5 ms beside the
+quickstart's shards and a VM, and 49 ms beside a VM and a test suite; with the
+probe's timed section under SCHED_FIFO: 0.25 and 0.44 ms. So whatever
+*measures* the delay line must wake as promptly as the delay line releases:
+:func:`realtime_thread` runs the calling thread under SCHED_FIFO for one block
+and restores what it had after.
+
+On an idle machine the wake-up itself is the cost: a vCPU that halted for
+~100 ms takes 0.1-0.4 ms to run the woken probe (the median error of the
+122 ms path rose to 0.35-0.5 ms there, with or without SCHED_FIFO); a probe
+that busy-polls its socket once the answer is due (as the daemon busy-waits
+its deadlines) measured 0.13-0.19 ms medians and 0.23-0.68 ms p99s per path.
 
 Priorities: the delay line's daemon runs at :data:`DAEMON_PRIORITY`, a probe
 below it (:data:`PROBE_PRIORITY`), so a probe never delays a release, and a
