@@ -101,7 +101,7 @@ def probe_pairs(emulation, pairs, step: int, t_s: float, repeat: int = 1) -> lis
     rounds = []
     for _ in range(repeat):
         requests = [Request(plan.namespaces[a], plan.addresses[a], plan.addresses[b], next_ident(), 0,
-                            timeout_s=_timeout_s(e)) for (a, b), e in zip(pairs, expected_s)]
+                            timeout_s=_timeout_s(e), expected_rtt_s=e) for (a, b), e in zip(pairs, expected_s)]
         rounds.append(exchange(requests))
     return [Probe(t_s, step, plan.node_names[a], plan.node_names[b], e * 1e3,
                   None if r[i].rtt_s is None else r[i].rtt_s * 1e3)
