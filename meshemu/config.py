@@ -178,8 +178,12 @@ def check_name(value: str, what: str) -> None:
                          "it names a folder")
 
 
-def from_mapping(cls, data, *, file=None, prefix=""):
-    """Build dataclass ``cls`` from ``data``, checking keys and types recursively."""
+def from_mapping(cls, data, *, file=None, prefix="", strict: bool = False):
+    """Build dataclass ``cls`` from ``data``, checking keys and types recursively.
+
+    ``strict``: every key must be present, defaults or not (a wire format
+    written by :func:`dataclasses.asdict`, where a missing key is a bug).
+    """
     if not isinstance(data, dict):
         raise InputError(f"expected a mapping, got {_kind(data)}", file=file, field=prefix or None)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -191,8 +195,8 @@ def from_mapping(cls, data, *, file=None, prefix=""):
     values = {}
     for name, field in fields.items():
         if name in data:
-            values[name] = _coerce(hints[name], data[name], file, f"{prefix}{name}")
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            values[name] = _coerce(hints[name], data[name], file, f"{prefix}{name}", strict)
+        elif strict or (field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING):
             raise InputError("missing required key", file=file, field=f"{prefix}{name}")
     try:
         return cls(**values)
@@ -200,7 +204,7 @@ def from_mapping(cls, data, *, file=None, prefix=""):
         raise InputError(str(err), file=file, field=prefix.rstrip(".") or None) from None
 
 
-def _coerce(hint, value, file, field):
+def _coerce(hint, value, file, field, strict=False):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -211,7 +215,7 @@ def _coerce(hint, value, file, field):
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, file, field)
+                return _coerce(arg, value, file, field, strict)
             except InputError as err:
                 errors.append(err)
         raise errors[0]
@@ -223,10 +227,10 @@ def _coerce(hint, value, file, field):
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else typing.Any
-        items = [_coerce(inner, v, file, f"{field}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(inner, v, file, f"{field}[{i}]", strict) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if dataclasses.is_dataclass(hint):
-        return from_mapping(hint, value, file=file, prefix=f"{field}.")
+        return from_mapping(hint, value, file=file, prefix=f"{field}.", strict=strict)
     if hint is typing.Any:
         return value
     if hint is float:

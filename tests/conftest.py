@@ -10,6 +10,24 @@ from meshemu.constellation.tle import format_tle
 from meshemu.links import compute_link_series
 
 
+@pytest.fixture(scope="session", autouse=True)
+def weight_cache(tmp_path_factory):
+    """The run's own weight cache (MESHEMU_CACHE), inherited by the shards tests start.
+
+    Never the user's ~/.cache: a test must not read entries another checkout wrote,
+    nor leave half a gigabyte behind; one run shares it, so SmolLM2 is dequantized once.
+    """
+    folder = tmp_path_factory.mktemp("weight-cache")
+    before = os.environ.get("MESHEMU_CACHE")
+    os.environ["MESHEMU_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("MESHEMU_CACHE", None)
+    else:
+        os.environ["MESHEMU_CACHE"] = before
+    shutil.rmtree(folder, ignore_errors=True)  # pytest keeps three runs' tmp folders; not these 540 MB
+
+
 @pytest.fixture(scope="session")
 def demo():
     return load_constellation("demo")
@@ -75,3 +93,34 @@ def prefix():
     left = existing_namespaces(p)
     clean(p)
     assert not left, f"the test left namespaces behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    """``reference(arch, prompt, n, **sampling)``: tokens and logits of the whole tiny model."""
+    models = {}
+
+    from meshemu.model import Transformer, generate
+    from meshemu.model.sampling import SamplingParams
+    from meshemu.model.tiny import random_weights, tiny_config
+
+    def reference(arch, prompt, n, temperature=0.0, top_p=1.0, seed=0):
+        if arch not in models:
+            models[arch] = Transformer(random_weights(tiny_config(arch), seed=0))
+        model = models[arch]
+        seen = []
+        orig = model.forward
+
+        def forward(inputs, cache, reduce=None, **kw):
+            out = orig(inputs, cache, **kw)
+            seen.append(out[0, -1].copy())
+            return out
+        model.forward = forward
+        try:
+            res = generate(model, list(prompt), max_new_tokens=n,
+                           sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
+        finally:
+            model.forward = orig
+        return list(res.new_tokens), seen
+
+    return reference

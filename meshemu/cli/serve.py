@@ -1,4 +1,4 @@
-"""CLI for the serving layer (issue 5): sharded ``meshemu generate`` and ``meshemu bench serving``.
+"""CLI for the serving layer: sharded ``meshemu generate`` and ``meshemu bench serving``.
 
 ``meshemu generate`` (registered by :mod:`meshemu.cli.model`) comes here when
 asked for shards: ``--loopback`` (local processes) or ``--constellation NAME``
@@ -13,8 +13,12 @@ import time
 import uuid
 
 from meshemu.cli.types import (finite_float, int_in, nonnegative_float, placement_strategy, positive_float,
-                               positive_int, window_duration)
-from meshemu.serving.session import describe_model, make_context, run_in_mesh
+                               positive_int, retire, window_duration)
+from meshemu.errors import InputError
+from meshemu.model.partition import check_layout
+from meshemu.serving.compute import parse_compute
+from meshemu.serving.job import Request, ServingJob, ServingPlan
+from meshemu.serving.session import describe_model, make_context
 
 # Requests at once: the client runs each in a thread of its own (100,000 ran out of threads); 300 of
 # a tiny model run fine, and a few cores serve no more than this usefully.
@@ -56,12 +60,14 @@ def add_serving_arguments(parser) -> None:
                    help="with --constellation: where the client runs in the mesh (default Paris)")
     g.add_argument("--shaper", default="auto", choices=("auto", "netem", "delayline", "none"),
                    help="with --constellation: link delay backend in the mesh (default auto)")
-    g.add_argument("--start-s", "--start", type=finite_float, default=0.0, metavar="S",
+    g.add_argument("--start", type=finite_float, default=0.0, metavar="S",
                    help="with --constellation: series start, s after the epoch (default 0)")
-    g.add_argument("--duration-s", "--duration", type=window_duration, default=600.0, metavar="S",
+    g.add_argument("--duration", type=window_duration, default=600.0, metavar="S",
                    help="with --constellation: series length in s (default 600)")
-    g.add_argument("--step-s", "--step", type=positive_float, default=1.0, metavar="S",
+    g.add_argument("--step", type=positive_float, default=1.0, metavar="S",
                    help="with --constellation: series step in s (default 1)")
+    for old, new in (("--start-s", "--start"), ("--duration-s", "--duration"), ("--step-s", "--step")):
+        retire(g, old, new)
     g.add_argument("--time-scale", type=positive_float, default=1.0, metavar="X",
                    help="with --constellation: mesh clock speed-up (default 1)")
     g.add_argument("--compute", default="real", metavar="MODE",
@@ -95,19 +101,8 @@ def _prompt_ids(args, config, tok) -> tuple[list[int], frozenset]:
 
 
 # -- sharded generate ---------------------------------------------------------------------------------
-def run_sharded_generate(args) -> int:
-    from meshemu.errors import InputError
-    from meshemu.model.partition import check_layout
-    from meshemu.serving.client import Request, run_job
-    from meshemu.serving.compute import parse_compute
-    from meshemu.serving.metrics import JsonLines
-
-    if args.tp < 1 or args.pp < 1 or args.requests < 1:
-        raise InputError("--tp, --pp and --requests must be >= 1")
-    if not (args.loopback or args.constellation):
-        raise InputError("sharded serving needs --loopback (local processes) or --constellation NAME (a mesh)")
-    source, config, tok = describe_model(args.model)
-    device = parse_compute(args.compute)
+def serving_job(args, source, config, tok) -> ServingJob:
+    """The job of ``meshemu generate``'s flags: the prompt ``--requests`` times at once."""
     check_layout(config, args.tp, args.pp)  # before a single shard process starts
     prompt, stop_ids = _prompt_ids(args, config, tok)
     if not prompt:
@@ -119,10 +114,20 @@ def run_sharded_generate(args) -> int:
     requests = [Request(tuple(prompt), max_new_tokens=args.max_new_tokens, temperature=temperature,
                         top_p=args.top_p if temperature > 0 else 1.0, seed=args.seed, stop_ids=tuple(sorted(stop_ids)),
                         request_id=uuid.uuid4().hex) for _ in range(args.requests)]
-    job = {"plan": {"model": source, "tp": args.tp, "pp": args.pp, "allreduce": args.allreduce,
-                    "compute": args.compute},
-           "requests": [dict(r.__dict__) for r in requests], "concurrency": args.requests,
-           "timeout_s": args.timeout, "step_timeout_s": args.step_timeout}
+    plan = ServingPlan(source, tp=args.tp, pp=args.pp, allreduce=args.allreduce, compute=args.compute)
+    return ServingJob(plan, tuple(requests), concurrency=args.requests, timeout_s=args.timeout,
+                      step_timeout_s=args.step_timeout)
+
+
+def run_sharded_generate(args) -> int:
+    from meshemu.serving.client import run_job
+    from meshemu.serving.metrics import JsonLines
+
+    if not (args.loopback or args.constellation):
+        raise InputError("sharded serving needs --loopback (local processes) or --constellation NAME (a mesh)")
+    source, config, tok = describe_model(args.model)
+    device = parse_compute(args.compute)
+    job = serving_job(args, source, config, tok)
     out = _Streamer(tok)
     records = []
     loaded = {}
@@ -133,7 +138,6 @@ def run_sharded_generate(args) -> int:
             out.add(event["token"])
         elif kind == "loaded":
             loaded["replies"] = event["replies"]
-            loaded["t"] = time.time()
         elif kind == "request":
             records.append(event)
 
@@ -144,12 +148,11 @@ def run_sharded_generate(args) -> int:
             from meshemu.serving.launch import ShardProcesses, start_loopback
 
             with ShardProcesses() as procs:
-                addrs = start_loopback(procs, args.tp * args.pp, step_timeout_s=args.step_timeout)
-                job["plan"].update(ranks=addrs, nodes=[f"loopback{k}" for k in range(len(addrs))])
-                run_job(job, on_event)
-            ctx_info = {"mode": "loopback", "rank_nodes": job["plan"]["nodes"], "client_node": "loopback",
-                        "backend": "loopback"}
-            ctx = _context(args, config, device, job["plan"]["nodes"], "client", None, None)
+                addrs = start_loopback(procs, job.plan.n_ranks, step_timeout_s=args.step_timeout)
+                nodes = [f"loopback{k}" for k in range(len(addrs))]
+                run_job(job.placed(addrs, nodes), on_event)
+            ctx_info = {"mode": "loopback", "rank_nodes": nodes, "client_node": "loopback", "backend": "loopback"}
+            ctx = _context(args, config, device, nodes, "client", None)
         else:
             ctx, ctx_info = _run_in_mesh(args, config, device, job, on_event)
     finally:
@@ -188,23 +191,25 @@ class _Streamer:
         sys.stdout.flush()
 
 
-def _context(args, config, device, rank_nodes, client_node, paths, run):
+def _context(args, config, device, rank_nodes, client_node, where):
     return make_context(config, device, tp=args.tp, pp=args.pp, allreduce=args.allreduce, rank_nodes=rank_nodes,
-                        client_node=client_node, paths=paths, run=run, hop_overhead_ms=args.hop_overhead_ms)
+                        client_node=client_node, where=where, hop_overhead_ms=args.hop_overhead_ms)
 
 
 def _run_in_mesh(args, config, device, job, on_event):
     from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation
+    from meshemu.deployment import MeshRun, deploy
     from meshemu.links import compute_link_series
 
     c = load_constellation(args.constellation)
     series = compute_link_series(c, default_ground_stations(), TimeGrid.from_window(
-        c.epoch_utc, start_s=args.start_s, duration_s=args.duration_s, step_s=args.step_s))
-    mesh = run_in_mesh(series, job, ground_station=args.ground_station, placement=args.placement,
-                       shaper=args.shaper, time_scale=args.time_scale, step_timeout_s=args.step_timeout,
-                       on_event=on_event, log=lambda line: print(f"meshemu: {line}", file=sys.stderr))
-    info = dict(mesh.info, start_s=args.start_s, step_s=args.step_s)
-    return _context(args, config, device, mesh.rank_nodes, mesh.ground_station, mesh.paths, mesh.run), info
+        c.epoch_utc, start_s=args.start, duration_s=args.duration, step_s=args.step))
+    run = MeshRun(job, ground_station=args.ground_station, placement=args.placement, shaper=args.shaper,
+                  time_scale=args.time_scale)
+    dep = deploy(series, run, on_event=on_event, log=lambda line: print(f"meshemu: {line}", file=sys.stderr))
+    info = dict(dep.info(), mode="mesh", constellation=series.constellation, ground_station=dep.client_node,
+                start_s=args.start, step_s=args.step)
+    return _context(args, config, device, dep.rank_nodes, dep.client_node, dep), info
 
 
 def _report(args, records, ctx, info, loaded, metrics, config, wall_s) -> None:
@@ -238,8 +243,6 @@ def _report(args, records, ctx, info, loaded, metrics, config, wall_s) -> None:
 
 # -- the benchmark ---------------------------------------------------------------------------------------
 def _layouts(text):
-    from meshemu.errors import InputError
-
     out = []
     for item in text.split(","):
         shape, _, algo = item.strip().partition(":")
@@ -251,8 +254,7 @@ def _layouts(text):
 
 
 def run_bench(args) -> int:
-    from meshemu.errors import InputError
-    from meshemu.serving.client import Request, ServingClient, ServingPlan
+    from meshemu.serving.client import ServingClient
     from meshemu.serving.launch import ShardProcesses, start_loopback
     from meshemu.serving.metrics import JsonLines
     from meshemu.serving.report import RunContext, analyse

@@ -112,3 +112,13 @@ def int_in(low: int, high: int):
 
     parse.__name__ = f"whole number in [{low}, {high}]"
     return parse
+
+
+class _Retired(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.default}: every command spells it the same way")
+
+
+def retire(parser, old: str, new: str) -> None:
+    """Refuse ``old``, a spelling this release dropped, with a hint to ``new`` (kept for one release)."""
+    parser.add_argument(old, action=_Retired, default=new, nargs="?", help=argparse.SUPPRESS)

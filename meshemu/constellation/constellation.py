@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from meshemu.config import check_name, from_mapping, load_yaml, read_text
+from meshemu.constellation.grid import infer_grid, plus_grid_pairs
 from meshemu.constellation.propagate import parse_utc
 from meshemu.constellation.shell import BYTES_PER_SATELLITE, Shell, walker_satellites
 from meshemu.resources import memory_problem
@@ -176,8 +177,6 @@ def load_constellation(name_or_path) -> Constellation:
 def from_shells(name, shells, epoch_utc: datetime, isl: IslRules = IslRules(), gsl: GslRules = GslRules(),
                 description: str = "") -> Constellation:
     """Walker shells to a constellation; satellites numbered shell by shell, plane-major."""
-    from meshemu.links.isl import plus_grid_pairs
-
     epoch_jd = _julian_date(epoch_utc)
     names, satrecs, planes, slots, pairs, offset = [], [], [], [], [], 0
     shell_of = []
@@ -207,8 +206,6 @@ def from_tle_file(path, *, isls_path=None, n_planes=None, sats_per_plane=None,
     from the elements (equal-sized groups of inclination and RAAN). Otherwise
     the satellites get no ISLs and a note says why.
     """
-    from meshemu.links.isl import infer_grid, plus_grid_pairs
-
     tle_file = read_tles(path)
     satrecs = tuple(t.satrec() for t in tle_file.tles)
     names = tuple(t.name for t in tle_file.tles)

@@ -45,7 +45,7 @@ minus deadline, :meth:`DelayLine.stats`) and, on request, a per-packet trace
 (:data:`TRACE_FIELDS`: arrival, read, deadline, release and verdict times,
 source, destination and the first bytes of the transport header; off by
 default, ``MESHEMU_DELAYLINE_TRACE=FILE.npz`` traces any run).
-``experiments/delayline_breakdown.py`` joins it with a run's RTT probes.
+``experiments/bench/delayline_breakdown.py`` joins it with a run's RTT probes.
 Measured that way on the 2-core VM, the delay line releases the probes'
 packets within ~0.1 ms of their deadlines (p99), also beside the model's
 shards; what spread the probes' errors to milliseconds was the probe's own
@@ -63,11 +63,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import mmap
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -77,202 +75,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshemu.emulation.netlink import (
-    _HDR,
-    NETNS_RUN_DIR,
+from meshemu.emulation.delayline_wire import (  # the layout and protocol numbers the daemon reads too
+    COPY_RANGE,
+    DEFAULT_CALIBRATION_S,
+    DEFAULT_QUEUE_MAXLEN,
+    DEFAULT_RCVBUF,
+    DEFAULT_SPIN_S,
+    DEFAULT_SPIN_SHARE,
+    DEFAULT_TRACE_RECORDS,
+    MAGIC,
+    NETLINK_NETFILTER,
+    NFQA_CFG_F_GSO,
+    NFQA_TIMESTAMP,
+    NFQNL_COPY_PACKET,
+    NFQNL_MSG_VERDICT_BATCH,
+    SO_TIMESTAMP,
+    STAT_FIELDS,
+    STAT_WORD,
+    ShmBlock,
+    TRACE_COPY_RANGE,
+    TRACE_ENV,
+    TRACE_FIELDS,
+    W_ACTIVE,
+    W_MAGIC,
+    W_N,
+    W_SEEN_SEQ,
+    W_SEQ,
+    W_TRACE_CAP,
+    bin_value_us,
+    layout,
+    unlink_block,
 )
+from meshemu.emulation.netlink import NETNS_RUN_DIR, netns_argv
 from meshemu.errors import CapabilityError, InputError, MeshemuError
-
-# ---------------------------------------------------------------------------
-# netlink / nfnetlink_queue constants (linux/netlink.h, linux/netfilter/nfnetlink_queue.h)
-
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_NO_ENOBUFS = 5
-SO_RCVBUFFORCE = 33
-SO_SNDBUFFORCE = 32
-SO_TIMESTAMP = 29
-NFNL_SUBSYS_QUEUE = 3
-NFQNL_MSG_PACKET = (NFNL_SUBSYS_QUEUE << 8) | 0
-NFQNL_MSG_VERDICT = (NFNL_SUBSYS_QUEUE << 8) | 1
-NFQNL_MSG_CONFIG = (NFNL_SUBSYS_QUEUE << 8) | 2
-NFQNL_MSG_VERDICT_BATCH = (NFNL_SUBSYS_QUEUE << 8) | 3
-
-NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_TIMESTAMP, NFQA_PAYLOAD = 1, 2, 4, 10
-NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
-NFQNL_CFG_CMD_BIND, NFQNL_CFG_CMD_UNBIND = 1, 2
-NFQNL_COPY_PACKET = 2
-NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_CONNTRACK, NFQA_CFG_F_GSO = 0x1, 0x2, 0x4
-NF_ACCEPT = 1
-
-_NLHDR = _HDR  # nlmsghdr: len, type, flags, seq, pid
-_NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big-endian, packed by hand)
-_NLA = struct.Struct("=HH")
-
-COPY_RANGE = 20  # bytes of the packet copied to userspace: the IPv4 header without options
-TRACE_COPY_RANGE = 28  # with a trace: the first 8 bytes after it too (ICMP type, identifier, sequence; ports)
-DEFAULT_TRACE_RECORDS = 1 << 18  # records kept when MESHEMU_DELAYLINE_TRACE asks for a trace (20 MiB)
-TRACE_ENV = "MESHEMU_DELAYLINE_TRACE"  # FILE.npz: trace every run's delay line, saved there when it stops
-DEFAULT_QUEUE_MAXLEN = 65536
-DEFAULT_RCVBUF = 8 << 20
-# Measured on a 2-core VM (experiments/bench_delayline.py): with no calibration the median RTT error is
-# ~0.1-0.15 ms above the no-delay-line baseline of the same probe (release -> reinject -> receiver wake-up,
-# per traversal ~50-75 us); 50 us per traversal brings the median to that baseline.
-DEFAULT_CALIBRATION_S = 50e-6
-# Timer wake-ups here are ~60 us late at p50 and 0.1-1 ms at p90-p99: wake this early, then busy-wait.
-DEFAULT_SPIN_S = 300e-6
-DEFAULT_SPIN_SHARE = 0.25  # at most this share of the time busy-waiting (of one CPU)
-
-# ---------------------------------------------------------------------------
-# shared-memory block layout (little-endian int64 / float64)
-
-_MAGIC = 0x314C44554D48534D  # b"MSHMUDL1" read as a little-endian int64
-_HEADER_WORDS = 64  # 512 bytes of int64 words, then two histograms, then two matrices
-# header word indices
-_W_MAGIC, _W_N, _W_SEQ, _W_ACTIVE, _W_SEEN_SEQ, _W_STATE, _W_PID = 0, 1, 2, 3, 4, 5, 6
-_W_TRACE_CAP, _W_TRACE_COUNT = 7, 8  # trace ring: capacity (records), records written so far
-_STAT_FIELDS = (
-    "packets",            # packets received from the kernel
-    "released",           # verdicts issued (ACCEPT)
-    "pending",            # packets held now
-    "max_pending",        # most packets held at once
-    "enobufs",            # ENOBUFS on a socket: the kernel dropped queued packets (receive buffer full)
-    "netlink_errors",     # error replies to verdicts
-    "unknown_source",     # packets whose source is no node address (accepted at once)
-    "out_of_order",       # packets released before an older packet of their queue (single verdicts)
-    "sends",              # verdict sends (one per socket per wake-up)
-    "wakeups",            # main-loop iterations that released something
-    "spins",              # iterations that busy-waited to a deadline
-    "timestamp_fallback", # packets without a usable kernel timestamp (arrival = read time)
-    "late_1ms",           # packets released more than 1 ms after their deadline
-    "edt_timestamp",      # packets stamped with a TCP departure time (monotonic) instead of a receive time
-    "delay_updates_seen",  # matrix versions the daemon has switched to
-    "realtime",           # 1 when the daemon runs under SCHED_FIFO
-    "spin_off_windows",   # 50 ms windows without busy-waiting (the daemon was busy, or spun its share)
-    "rt_demotions",       # times the daemon left SCHED_FIFO because its work neared a whole CPU
-    "non_rt_windows",     # 50 ms windows spent out of SCHED_FIFO for that reason
-    "cpu_work_pct",       # the daemon's CPU use in the last window, busy-waiting excluded (percent)
-)
-_W_STATS = 16  # first stats word
-_S = {name: _W_STATS + k for k, name in enumerate(_STAT_FIELDS)}
-# histograms: 1 us bins from -1 ms to +9 ms, then 100 us bins to ~1 s, last bin = overflow
-_H_FINE, _H_COARSE = 10000, 9999
-_HIST_BINS = _H_FINE + _H_COARSE + 1
-_H_OFFSET_US = 1000
-
-STATE_STARTING, STATE_READY, STATE_STOPPED = 0, 1, 2
-
-
-def _hist_bin(ns: int) -> int:
-    us = ns // 1000 + _H_OFFSET_US
-    if us < 0:
-        return 0
-    if us < _H_FINE:
-        return us
-    return min(_H_FINE + (us - _H_FINE) // 100, _HIST_BINS - 1)
-
-
-def _bin_value_us(b: np.ndarray) -> np.ndarray:
-    """The lower edge of each histogram bin, in microseconds from the deadline."""
-    b = np.asarray(b, dtype=np.float64)
-    return np.where(b < _H_FINE, b, _H_FINE + (b - _H_FINE) * 100.0) - _H_OFFSET_US
-
-
-def _layout(n: int, trace_records: int = 0) -> tuple[int, int, int, int]:
-    """Byte offsets: (lateness histogram, read-lag histogram, matrices, total size).
-
-    The trace ring, ``trace_records`` x :data:`TRACE_FIELDS`, follows the matrices.
-    """
-    h1 = _HEADER_WORDS * 8
-    h2 = h1 + _HIST_BINS * 8
-    mats = (h2 + _HIST_BINS * 8 + 63) // 64 * 64
-    return h1, h2, mats, mats + 2 * n * n * 8 + trace_records * len(TRACE_FIELDS) * 8
-
-
-# One trace record per released packet, int64 each; times are CLOCK_MONOTONIC ns (time.monotonic_ns and
-# time.perf_counter_ns read that clock on Linux, so a probe's own stamps line up with these).
-TRACE_FIELDS = (
-    "dst",          # node the packet was addressed to (its queue)
-    "src",          # node it came from (-1: not a node address)
-    "protocol",     # IPv4 protocol (1 ICMP, 6 TCP, 17 UDP)
-    "l4_0",         # bytes 0-3 after the IPv4 header, big-endian (ICMP: type, code, checksum; TCP/UDP: ports)
-    "l4_4",         # bytes 4-7 (ICMP echo: identifier, sequence); -1 where not copied (IP options)
-    "arrival_ns",   # the kernel's receive stamp at the destination: when the hold starts
-    "read_ns",      # when the daemon read it from the queue
-    "deadline_ns",  # arrival + path delay - calibration
-    "release_ns",   # when the daemon found it due (the verdict goes out in the same wake-up)
-    "sent_ns",      # when that wake-up's verdict sends returned (the kernel reinjects inside the send)
-)
-TRACE_DTYPE = np.dtype([(f, "<i8") for f in TRACE_FIELDS])
-
-
-def _shm_path(name: str) -> str:
-    return "/dev/shm/" + name.lstrip("/")
-
-
-class _Block:
-    """A named POSIX shared-memory block (``/dev/shm/NAME``), mapped.
-
-    The same thing ``multiprocessing.shared_memory`` makes, without its
-    resource tracker: under Python 3.11 the tracker of any process that merely
-    *attaches* to a block unlinks it when that process exits.
-    """
-
-    def __init__(self, name: str, size: int | None = None):
-        self.name = name
-        path = _shm_path(name)
-        if size is None:
-            fd = os.open(path, os.O_RDWR)
-        else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            if size is not None:
-                os.ftruncate(fd, size)
-            self.size = os.fstat(fd).st_size
-            self.mm = mmap.mmap(fd, self.size)
-        except BaseException:
-            os.close(fd)
-            if size is not None:
-                _unlink(name)
-            raise
-        os.close(fd)
-        self.words = memoryview(self.mm).cast("q")
-
-    def matrices(self, n: int) -> np.ndarray:
-        _, _, off, _ = _layout(n)
-        return np.ndarray((2, n, n), dtype=np.float64, buffer=self.mm, offset=off)
-
-    def trace(self, n: int) -> np.ndarray:
-        """The trace ring's records in the order written (the last ``capacity`` of them), copied."""
-        cap, count = int(self.words[_W_TRACE_CAP]), int(self.words[_W_TRACE_COUNT])
-        if cap == 0:
-            return np.zeros(0, dtype=TRACE_DTYPE)
-        _, _, off, _ = _layout(n)
-        ring = np.ndarray((cap,), dtype=TRACE_DTYPE, buffer=self.mm, offset=off + 2 * n * n * 8)
-        if count <= cap:
-            return ring[:count].copy()
-        k = count % cap
-        return np.concatenate([ring[k:], ring[:k]])
-
-    def histograms(self) -> tuple[np.ndarray, np.ndarray]:
-        h1, h2, _, _ = _layout(0)
-        return (np.ndarray((_HIST_BINS,), dtype=np.int64, buffer=self.mm, offset=h1),
-                np.ndarray((_HIST_BINS,), dtype=np.int64, buffer=self.mm, offset=h2))
-
-    def close(self) -> None:
-        try:
-            self.words.release()
-            self.mm.close()
-        except (BufferError, ValueError):
-            pass  # a numpy view still holds the mapping; it goes with the process
-
-
-def _unlink(name: str) -> None:
-    try:
-        os.unlink(_shm_path(name))
-    except FileNotFoundError:
-        pass
-
 
 class DelayMatrixWriter:
     """The writer side of the delay block: ``write(delay_s)`` replaces the whole matrix.
@@ -283,12 +118,12 @@ class DelayMatrixWriter:
     ``DelayMatrixWriter(name)``; only one process should write.
     """
 
-    def __init__(self, name: str, *, _block: _Block | None = None):
-        self._block = _block or _Block(name)
+    def __init__(self, name: str, *, _block: ShmBlock | None = None):
+        self._block = _block or ShmBlock(name)
         w = self._block.words
-        if w[_W_MAGIC] != _MAGIC:
+        if w[W_MAGIC] != MAGIC:
             raise InputError(f"shared-memory block {name!r} is not a meshemu delay block")
-        self.n = int(w[_W_N])
+        self.n = int(w[W_N])
         self._mats = self._block.matrices(self.n)
         self.name = name
 
@@ -302,7 +137,7 @@ class DelayMatrixWriter:
         if d.shape != (self.n, self.n):
             raise InputError(f"delay matrix has shape {d.shape}, expected ({self.n}, {self.n})")
         w = self._block.words
-        inactive = 1 - int(w[_W_ACTIVE])
+        inactive = 1 - int(w[W_ACTIVE])
         buf = self._mats[inactive]
         try:
             np.copyto(buf, d, casting="same_kind")
@@ -313,13 +148,13 @@ class DelayMatrixWriter:
         lo, hi = buf.min(), buf.max()  # NaN fails both tests below
         if not (lo >= 0.0 and hi < np.inf):
             raise InputError("delay matrix must hold finite, non-negative seconds")
-        w[_W_ACTIVE] = inactive  # x86-64 keeps stores in order: the buffer is complete before the flip
-        seq = int(w[_W_SEQ]) + 1
-        w[_W_SEQ] = seq
+        w[W_ACTIVE] = inactive  # x86-64 keeps stores in order: the buffer is complete before the flip
+        seq = int(w[W_SEQ]) + 1
+        w[W_SEQ] = seq
         return seq
 
     def current(self) -> np.ndarray:
-        return self._mats[int(self._block.words[_W_ACTIVE])].copy()
+        return self._mats[int(self._block.words[W_ACTIVE])].copy()
 
     def close(self) -> None:
         self._mats = None
@@ -385,7 +220,7 @@ def _run_in_ns(namespace: str, argv: list[str], stdin: str | None = None) -> str
     if not os.path.exists(os.path.join(NETNS_RUN_DIR, namespace)):
         raise InputError(f"network namespace {namespace!r} does not exist (no {NETNS_RUN_DIR}/{namespace})")
     try:
-        r = subprocess.run(["nsenter", f"--net={NETNS_RUN_DIR}/{namespace}", *argv], input=stdin,
+        r = subprocess.run([*netns_argv(namespace), *argv], input=stdin,
                            capture_output=True, text=True, check=False)
     except FileNotFoundError as e:
         raise CapabilityError(f"{e.filename} not found: install util-linux and iptables") from None
@@ -494,16 +329,16 @@ class DelayLine:
             if not os.path.exists(os.path.join(NETNS_RUN_DIR, ns)):
                 raise InputError(f"network namespace {ns!r} does not exist (no {NETNS_RUN_DIR}/{ns})")
         self.shm_name = f"meshemu-dl-{os.getpid()}-{os.urandom(4).hex()}"
-        _, _, _, size = _layout(self.n, self.trace_records)
+        _, _, _, size = layout(self.n, self.trace_records)
         try:
-            self._block = _Block(self.shm_name, size)
+            self._block = ShmBlock(self.shm_name, size)
         except OSError as e:
             raise CapabilityError(f"cannot create shared memory /dev/shm/{self.shm_name} ({size} bytes): "
                                   f"{e.strerror}") from None
         w = self._block.words
-        w[_W_N] = self.n
-        w[_W_TRACE_CAP] = self.trace_records
-        w[_W_MAGIC] = _MAGIC
+        w[W_N] = self.n
+        w[W_TRACE_CAP] = self.trace_records
+        w[W_MAGIC] = MAGIC
         self._writer = DelayMatrixWriter(self.shm_name, _block=self._block)
         cfg = _Config(self.namespaces, self.addresses, self.queue_num, self.shm_name,
                       round(self.calibration_s * 1e9), round(self.spin_s * 1e9), self.spin_share, self.realtime,
@@ -562,7 +397,7 @@ class DelayLine:
             self._block.close()
             self._block = None
         if self.shm_name:
-            _unlink(self.shm_name)
+            unlink_block(self.shm_name)
 
     def __enter__(self):
         return self.start() if self._proc is None else self
@@ -608,10 +443,10 @@ class DelayLine:
         if self._block is None:
             raise MeshemuError("delay line not started")
         w = self._block.words
-        out = {name: int(w[_S[name]]) for name in _STAT_FIELDS}
+        out = {name: int(w[STAT_WORD[name]]) for name in STAT_FIELDS}
         out["realtime"] = bool(out["realtime"])
-        out["delay_seq"] = int(w[_W_SEQ])
-        out["delay_seq_seen"] = int(w[_W_SEEN_SEQ])
+        out["delay_seq"] = int(w[W_SEQ])
+        out["delay_seq_seen"] = int(w[W_SEEN_SEQ])
         late, lag = self._block.histograms()
         out["lateness_us"] = _percentiles(late.copy())
         out["read_lag_us"] = _percentiles(lag.copy())
@@ -636,7 +471,7 @@ class DelayLine:
         late, lag = self._block.histograms()
         late[:] = 0
         lag[:] = 0
-        self._block.words[_S["late_1ms"]] = 0
+        self._block.words[STAT_WORD["late_1ms"]] = 0
 
 
 def _percentiles(hist: np.ndarray) -> dict:
@@ -647,8 +482,8 @@ def _percentiles(hist: np.ndarray) -> dict:
     cum = np.cumsum(hist)
     for q, key in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p999")):
         b = int(np.searchsorted(cum, q * total, side="left"))
-        out[key] = float(_bin_value_us(b))
-    out["max"] = float(_bin_value_us(int(np.nonzero(hist)[0][-1])))
+        out[key] = float(bin_value_us(b))
+    out["max"] = float(bin_value_us(int(np.nonzero(hist)[0][-1])))
     return out
 
 
@@ -688,4 +523,4 @@ def _terminate(proc: subprocess.Popen, shm_name: str) -> None:
             f.close()
         except (OSError, ValueError):
             pass
-    _unlink(shm_name)
+    unlink_block(shm_name)

@@ -20,20 +20,20 @@ import struct
 import sys
 import time
 
-from meshemu.emulation.delayline import (  # the wire layout and constants both sides share
-    _HIST_BINS,
-    _W_TRACE_CAP,
-    _W_TRACE_COUNT,
-    _NFGEN,
-    _NLA,
-    _NLHDR,
-    _S,
-    _W_ACTIVE,
-    _W_N,
-    _W_PID,
-    _W_SEEN_SEQ,
-    _W_SEQ,
-    _W_STATE,
+from meshemu.emulation.delayline_wire import (  # the wire layout and constants both sides share
+    HIST_BINS,
+    W_TRACE_CAP,
+    W_TRACE_COUNT,
+    NFGEN,
+    NLA,
+    NLHDR,
+    STAT_WORD,
+    W_ACTIVE,
+    W_N,
+    W_PID,
+    W_SEEN_SEQ,
+    W_SEQ,
+    W_STATE,
     COPY_RANGE,
     DEFAULT_QUEUE_MAXLEN,
     NETLINK_NETFILTER,
@@ -62,10 +62,10 @@ from meshemu.emulation.delayline import (  # the wire layout and constants both 
     STATE_READY,
     STATE_STOPPED,
     TRACE_FIELDS,
-    _Block,
-    _hist_bin,
-    _layout,
-    _unlink,
+    ShmBlock,
+    hist_bin,
+    layout,
+    unlink_block,
 )
 from meshemu.emulation.netlink import (
     CLONE_NEWNET,
@@ -134,8 +134,8 @@ class _Timer:
 
 
 def _nl_msg(mtype: int, flags: int, seq: int, res_id: int, attrs: bytes, family: int = socket.AF_UNSPEC) -> bytes:
-    body = _NFGEN.pack(family, 0, socket.htons(res_id)) + attrs
-    return _NLHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
+    body = NFGEN.pack(family, 0, socket.htons(res_id)) + attrs
+    return NLHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
 
 
 _nla = attr  # one rtattr/nlattr, padded to 4 bytes
@@ -241,7 +241,7 @@ def _ack_errors(sock: socket.socket, want: int, timeout_s: float = 5.0) -> list[
             data = sock.recv(65536)
             off = 0
             while off + 16 <= len(data):
-                ln, mtype, _, _, _ = _NLHDR.unpack_from(data, off)
+                ln, mtype, _, _, _ = NLHDR.unpack_from(data, off)
                 if ln < 16:
                     break
                 if mtype == NLMSG_ERROR:
@@ -336,21 +336,21 @@ class _Daemon:
         # Not PR_SET_PDEATHSIG: it fires when the *thread* that started us exits.
         self.ppid = os.getppid()
         try:
-            self.block = _Block(cfg["shm"])
+            self.block = ShmBlock(cfg["shm"])
         except OSError as e:
             raise _DaemonError("CapabilityError", f"cannot open shared memory {cfg['shm']!r}: {e.strerror}") from None
         self.w = self.block.words
         self.n = n = len(cfg["namespaces"])
-        if self.w[_W_N] != n:
+        if self.w[W_N] != n:
             raise _DaemonError("CapabilityError", "shared memory block does not match the namespaces")
-        _, _, moff, _ = _layout(n)
+        _, _, moff, _ = layout(n)
         self.mats = [memoryview(self.block.mm)[moff + k * n * n * 8: moff + (k + 1) * n * n * 8].cast("d")
                      for k in (0, 1)]
-        h1, h2, _, _ = _layout(0)
-        self.hist_late = memoryview(self.block.mm)[h1:h1 + _HIST_BINS * 8].cast("q")
-        self.hist_lag = memoryview(self.block.mm)[h2:h2 + _HIST_BINS * 8].cast("q")
-        self.trace_cap = int(self.w[_W_TRACE_CAP])
-        if self.trace_cap != cfg["trace_records"] or self.block.size < _layout(n, self.trace_cap)[3]:
+        h1, h2, _, _ = layout(0)
+        self.hist_late = memoryview(self.block.mm)[h1:h1 + HIST_BINS * 8].cast("q")
+        self.hist_lag = memoryview(self.block.mm)[h2:h2 + HIST_BINS * 8].cast("q")
+        self.trace_cap = int(self.w[W_TRACE_CAP])
+        if self.trace_cap != cfg["trace_records"] or self.block.size < layout(n, self.trace_cap)[3]:
             raise _DaemonError("CapabilityError", "shared memory block does not match the trace size")
         self.trace_off = moff + 2 * n * n * 8
         self.addr = {socket.inet_aton(a): i for i, a in enumerate(cfg["addresses"])}
@@ -377,10 +377,10 @@ class _Daemon:
         finally:
             os.close(home)
         self.timer = _Timer(lc)
-        self.w[_W_PID] = os.getpid()
+        self.w[W_PID] = os.getpid()
         self.realtime = bool(cfg["realtime"]) and self.set_realtime(True)
-        self.w[_S["realtime"]] = int(self.realtime)
-        self.w[_W_STATE] = STATE_READY
+        self.w[STAT_WORD["realtime"]] = int(self.realtime)
+        self.w[W_STATE] = STATE_READY
 
     def set_realtime(self, on: bool) -> bool:
         """SCHED_FIFO (above any probe) or back to SCHED_OTHER; returns whether FIFO is now on."""
@@ -409,13 +409,13 @@ class _Daemon:
         mono = time.monotonic_ns
         real = time.time_ns
         heappush, heappop = heapq.heappush, heapq.heappop
-        unpack_hdr = _NLHDR.unpack_from
-        unpack_nla = _NLA.unpack_from
+        unpack_hdr = NLHDR.unpack_from
+        unpack_nla = NLA.unpack_from
         be32 = struct.Struct("!I").unpack_from
         be64x2 = struct.Struct("!qq").unpack_from
         be32x2 = struct.Struct("!II").unpack_from
-        S = _S
-        hbin = _hist_bin
+        S = STAT_WORD
+        hbin = hist_bin
 
         ep = select.epoll()
         fd2q = {}
@@ -493,7 +493,7 @@ class _Daemon:
                 for rec in traced:
                     pack_trace(trace_mm, trace_off + trace_count % trace_cap * trace_size, *rec, t_sent)
                     trace_count += 1
-                w[_W_TRACE_COUNT] = trace_count
+                w[W_TRACE_COUNT] = trace_count
                 traced.clear()
 
         def read_queue(q, now):
@@ -642,13 +642,13 @@ class _Daemon:
                         parent_dead = True
                         break
                     flush_counters()
-                seq = w[_W_SEQ]
+                seq = w[W_SEQ]
                 if seq != seq_seen:
-                    mat = mats[w[_W_ACTIVE]]
+                    mat = mats[w[W_ACTIVE]]
                     if seq_seen >= 0:
                         counters["delay_updates_seen"] += 1
                     seq_seen = seq
-                    w[_W_SEEN_SEQ] = seq
+                    w[W_SEEN_SEQ] = seq
                 for fd, ev in events:
                     q = fd2q.get(fd)
                     if q is not None:
@@ -700,11 +700,11 @@ class _Daemon:
                         pass
             pending = 0
             flush_counters()
-            w[_W_STATE] = STATE_STOPPED
+            w[W_STATE] = STATE_STOPPED
             for s in socks:
                 s.close()
             if parent_dead:
-                _unlink(cfg["shm"])
+                unlink_block(cfg["shm"])
         return 0
 
 

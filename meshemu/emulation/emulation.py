@@ -18,8 +18,9 @@ from meshemu.constants import SPEED_OF_LIGHT_M_PER_S
 from meshemu.emulation import kernel
 from meshemu.emulation.mesh import Mesh
 from meshemu.emulation.naming import DEFAULT_PREFIX, plan_mesh
+from meshemu.emulation.netlink import netns_argv
 from meshemu.emulation.shaping import SHAPERS, ShapingConfig
-from meshemu.routing import forwarding_state, table_changes
+from meshemu.routing import ForwardingStates, table_changes
 
 
 @dataclass
@@ -44,8 +45,11 @@ class Emulation:
     """Namespaces, links, shaping and routes for ``series``; use as a context manager.
 
     ``shaper`` is ``auto`` (netem where the kernel has it, else the delay line),
-    ``netem`` or ``delayline``. Leaving the ``with`` block, an exception, Ctrl-C
-    or SIGTERM removes everything this emulation made.
+    ``netem``, ``delayline`` or ``none``; ``shaping`` the rate and loss every
+    link gets (netem only). ``routes`` are the run's forwarding states, shared
+    with whoever else reads them (one is made if none is given). Leaving the
+    ``with`` block, an exception, Ctrl-C or SIGTERM removes everything this
+    emulation made.
     """
 
     series: object
@@ -53,6 +57,7 @@ class Emulation:
     prefix: str = DEFAULT_PREFIX
     shaping: ShapingConfig = ShapingConfig()
     log: object = None  # callable(str) for progress lines; stderr by default
+    routes: ForwardingStates | None = None
     capabilities: kernel.Capabilities | None = field(default=None, init=False)
     step: int = field(default=-1, init=False)
 
@@ -60,9 +65,10 @@ class Emulation:
         s = self.series
         self.plan = plan_mesh(s.node_names, s.n_satellites, s.links, s.places(), self.prefix)
         self.mesh = Mesh(self.plan)
+        if self.routes is None:
+            self.routes = ForwardingStates(s)
         self._backend = None
         self._table = None
-        self._ahead = {}
         self._hosts = None
         self._old_sigterm = None
         if self.log is None:
@@ -124,9 +130,7 @@ class Emulation:
     # -- stepping -----------------------------------------------------------------------------
     def state(self, k: int):
         """Forwarding table and path lengths of step ``k`` (computed once, ahead of time if asked)."""
-        if k not in self._ahead:
-            self._ahead[k] = forwarding_state(self.series, k)
-        return self._ahead[k]
+        return self.routes.state(k)
 
     def prepare(self, k: int) -> None:
         """Compute step ``k``'s routes now, so applying it later costs only the kernel's time."""
@@ -159,7 +163,6 @@ class Emulation:
         out.route_changes = self.mesh.apply_routes(routes.node, routes.destination, routes.next_hop)
         out.link_down = self.mesh.set_links(np.zeros(0, dtype=int), went_down)
         self._table, self.step = table, k
-        self._ahead = {j: v for j, v in self._ahead.items() if j > k}
         out.apply_s = time.perf_counter() - t0
         return out
 
@@ -167,7 +170,7 @@ class Emulation:
     def hosts(self) -> dict:
         """Mininet host objects for every node, by short name (shells start on first use)."""
         if self._hosts is None:
-            from meshemu.emulation.nodes import make_hosts
+            from meshemu.emulation.nodes import make_hosts  # Mininet's library: only host objects need it
 
             self._hosts = make_hosts(self)
         return self._hosts
@@ -175,9 +178,13 @@ class Emulation:
     def host(self, name):
         return self.hosts()[self.plan.node_names[self.plan.node(name)]]
 
+    def command_prefix(self, name) -> list[str]:
+        """What runs a program inside node ``name`` (a short name, an id, or a city)."""
+        return netns_argv(self.plan.namespaces[self.plan.node(name)])
+
     def expected_rtt_s(self, src: int, dst: int, k: int | None = None) -> float:
-        _, length_m = self.state(self.step if k is None else k)
-        return float(length_m[src, dst] + length_m[dst, src]) / SPEED_OF_LIGHT_M_PER_S
+        """Propagation RTT of the routed paths there and back at step ``k`` (the one applied by default)."""
+        return self.routes.rtt_s(self.step if k is None else k, src, dst)
 
 
 def _raise_interrupt(signum, frame):

@@ -31,9 +31,9 @@ from functools import cached_property
 import numpy as np
 
 from meshemu.errors import InputError
+from meshemu.links.names import IFNAMSIZ, find_short, is_gridded, short_names
 
 DEFAULT_PREFIX = "meshemu"
-IFNAMSIZ = 15  # the kernel's limit on interface names, without the NUL
 _LINK_BASE = int(ipaddress.IPv4Address("172.16.0.0"))
 _MAX_LINKS = (1 << 20) // 2  # 172.16.0.0/12 holds 2^20 addresses
 
@@ -67,15 +67,7 @@ class MeshPlan:
 
     def node(self, name) -> int:
         """A node's id from its short name, its id, or (for cities) its full name."""
-        if str(name).isdigit() and int(name) < len(self.node_names):
-            return int(name)
-        if name in self.node_names:
-            return self.node_names.index(name)
-        short = _city_name(str(name))
-        if short in self.node_names[self.n_satellites:]:
-            return self.n_satellites + self.node_names[self.n_satellites:].index(short)
-        raise InputError(f"unknown node {name!r}: use a host name such as {self.node_names[0]} "
-                         f"or {self.node_names[-1]}")
+        return find_short(self.node_names, self.n_satellites, name)
 
 
 def plan_mesh(full_names, n_satellites: int, links: np.ndarray, places: np.ndarray,
@@ -85,21 +77,14 @@ def plan_mesh(full_names, n_satellites: int, links: np.ndarray, places: np.ndarr
         raise InputError(f"{len(links)} links exceed the {_MAX_LINKS} /31s of 172.16.0.0/12")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,20}", prefix):
         raise InputError(f"namespace prefix {prefix!r} must be 1-20 letters, digits, '-' or '_'")
-    names, addresses = [], []
-    shells = sorted(set(int(s) for s in places[:, 0])) if n_satellites else []
+    names = short_names(full_names, n_satellites, places)
+    addresses = []
     for i in range(n_satellites):
         shell, plane, slot = (int(v) for v in places[i])
-        if plane >= 0 and slot >= 0 and plane < 256 and slot < 255:
-            letter = f"{chr(ord('a') + shells.index(shell))}0" if len(shells) > 1 else ""
-            names.append(f"{letter}p{plane:02d}s{slot:02d}")
-            addresses.append(f"10.{100 + shell}.{plane}.{slot + 1}")
-        else:
-            names.append(f"sat{i}")
-            addresses.append(f"10.99.{i // 250}.{i % 250 + 1}")
-    for g, full in enumerate(full_names[n_satellites:]):
-        names.append(_city_name(full) or f"gs{g}")
+        addresses.append(f"10.{100 + shell}.{plane}.{slot + 1}" if is_gridded(plane, slot)
+                         else f"10.99.{i // 250}.{i % 250 + 1}")
+    for g in range(len(full_names) - n_satellites):
         addresses.append(f"10.200.{g // 250}.{g % 250 + 1}")
-    names = _unique(names)
     _check_links(np.asarray(links), full_names)
     if len(set(addresses)) != len(addresses):
         raise InputError("two satellites share a plane and slot: the grid cannot address them")
@@ -135,19 +120,6 @@ def _check_links(links: np.ndarray, full_names) -> None:
         raise InputError(f"the link series lists {full_names[a]} - {full_names[b]} twice (links {i} and {j}; "
                          f"{len(twice)} pair(s) in all): each node pair may have one link, so the series is "
                          "malformed (recompute it; inside a VM, check that the emulated CPU computes correctly)")
-
-
-def _city_name(full: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", full)[:IFNAMSIZ]
-
-
-def _unique(names):
-    seen, out = {}, []
-    for n in names:
-        k = seen.get(n, 0)
-        seen[n] = k + 1
-        out.append(n if k == 0 else f"{n[:IFNAMSIZ - 3]}_{k}")
-    return out
 
 
 def _ifname(peer: str, taken: set) -> str:

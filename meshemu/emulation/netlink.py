@@ -202,6 +202,15 @@ def _setns(fd: int) -> None:
         raise CapabilityError(f"cannot enter a network namespace: {os.strerror(code)} (run as root)")
 
 
+def netns_argv(name: str) -> list[str]:
+    """The command prefix that runs a program inside namespace ``name``.
+
+    >>> netns_argv("meshemu.Paris")
+    ['nsenter', '--net=/run/netns/meshemu.Paris']
+    """
+    return ["nsenter", f"--net={NETNS_RUN_DIR}/{name}"]
+
+
 @contextlib.contextmanager
 def enter_netns(name: str):
     """Run the block with this thread inside namespace ``name`` (``/run/netns/NAME``)."""

@@ -15,7 +15,7 @@ from mininet.link import Intf
 from mininet.net import Mininet
 from mininet.node import Host
 
-from meshemu.emulation.netlink import NETNS_RUN_DIR
+from meshemu.emulation.netlink import netns_argv
 
 
 def _no_move(*_):
@@ -51,7 +51,7 @@ class MeshHost(Host):
 
     def _popen(self, cmd, **params):
         if cmd and cmd[0] == "mnexec":
-            cmd = ["nsenter", f"--net={NETNS_RUN_DIR}/{self.netns}"] + list(cmd)
+            cmd = netns_argv(self.netns) + list(cmd)
         return super()._popen(cmd, **params)
 
     def cmd(self, *args, **kwargs):
@@ -65,7 +65,7 @@ class MeshHost(Host):
         return super().sendCmd(*args, **kwargs)
 
     def popen(self, *args, **kwargs):
-        kwargs.setdefault("mncmd", ["nsenter", f"--net={NETNS_RUN_DIR}/{self.netns}"])
+        kwargs.setdefault("mncmd", netns_argv(self.netns))
         return super().popen(*args, **kwargs)
 
     def defaultIntf(self):

@@ -70,6 +70,7 @@ class Player:
         self._stop = threading.Event()
         self.emu, self.time_scale, self.clock = emulation, time_scale, clock
         self.sleep = sleep or self._stop.wait  # a sleep that stop() cuts short
+        self.started_at: float | None = None  # the clock's reading when play began: records count from it
 
     def stop(self) -> None:
         """Ask a ``play`` running in another thread to return after the step in hand."""
@@ -84,7 +85,7 @@ class Player:
         series = self.emu.series
         last = min(first_step + n_steps, series.n_steps) - 1
         t_first = float(series.times_s[first_step])
-        start = self.clock()
+        start = self.started_at = self.clock()
         records = [StepRecord(first_step, t_first, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0)]
         if on_step:
             on_step(records[0])

@@ -108,21 +108,6 @@ def probe_pairs(emulation, pairs, step: int, t_s: float, repeat: int = 1) -> lis
             for i, ((a, b), e) in enumerate(zip(pairs, expected_s)) for r in rounds]
 
 
-def forwarding_path(table: np.ndarray, src: int, dst: int) -> tuple[int, ...]:
-    """The nodes a packet from ``src`` to ``dst`` visits under forwarding table ``table``; empty if none.
-
-    >>> forwarding_path(np.array([[-1, 2, 2], [-1, -1, -1], [-1, 1, -1]]), 0, 1)
-    (0, 2, 1)
-    """
-    path = [src]
-    while path[-1] != dst:
-        hop = int(table[path[-1], dst])
-        if hop < 0 or len(path) > len(table):  # no route, or a loop
-            return ()
-        path.append(hop)
-    return tuple(path)
-
-
 def expected_answers(path: Sequence[int]) -> list[tuple[int, str]]:
     """Who must answer a TTL-limited echo along ``path``, for TTL 1 .. hops + 1, and with what.
 
@@ -135,9 +120,8 @@ def expected_answers(path: Sequence[int]) -> list[tuple[int, str]]:
 
 def check_paths(emulation, pairs, step: int, t_s: float) -> list[PathCheck]:
     """Send TTL-limited probes for every (src, dst) node-id pair at once and compare who answers with the path."""
-    plan = emulation.plan
-    table, _ = emulation.state(step)
-    paths = [forwarding_path(table, a, b) for a, b in pairs]
+    plan, routes = emulation.plan, emulation.routes
+    paths = [routes.route(step, a, b) for a, b in pairs]
     node_of = {addr: v for v, addr in enumerate(plan.addresses)}
     requests, owner = [], []
     for i, ((a, b), path) in enumerate(zip(pairs, paths)):
@@ -152,7 +136,7 @@ def check_paths(emulation, pairs, step: int, t_s: float) -> list[PathCheck]:
     results = exchange(requests)
     done_at = emulation.step
     steps = {step, sent_at, done_at} - {step}
-    moved = [{forwarding_path(emulation.state(k)[0], a, b) for k in steps} - {path} if steps else set()
+    moved = [{routes.route(k, a, b) for k in steps} - {path} if steps else set()
              for (a, b), path in zip(pairs, paths)]
     checks = []
     for i, ((a, b), path) in enumerate(zip(pairs, paths)):

@@ -3,7 +3,7 @@
 On the 2-core development VM a process at normal priority that wakes for a
 packet waits behind whatever else runs (the model's shards, a test suite, a
 VM). Measured there with the delay line's trace
-(``experiments/delayline_breakdown.py``), the delay line released the probes'
+(``experiments/bench/delayline_breakdown.py``), the delay line released the probes'
 packets within ~0.1 ms of their deadlines (p99), while the probe's receive
 side (release -> the probe stamps the answer) had a p99 of 4.5 ms beside the
 quickstart's shards and a VM, and 49 ms beside a VM and a test suite; with the

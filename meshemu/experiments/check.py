@@ -13,7 +13,18 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation, read_ground_stations
+from meshemu.constellation.propagate import check_window
+from meshemu.emulation.mesh import check_namespace_limit
 from meshemu.errors import InputError
+from meshemu.experiments.plan import plan_run, resolve, time_grid
+from meshemu.links import compute_link_series
+from meshemu.links.series import check_series_size
+from meshemu.model.partition import check_layout
+from meshemu.routing import ForwardingStates
+from meshemu.serving.compute import parse_compute
+from meshemu.serving.placement import place
+from meshemu.serving.session import describe_model
 
 
 @dataclass(frozen=True)
@@ -49,25 +60,13 @@ def _at(spec, field: str):
 
 def check_experiment(spec) -> CheckReport:
     """Raise InputError for anything in ``spec`` (expanded, no sweep) that a root run would refuse."""
-    from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation, read_ground_stations
-    from meshemu.constellation.propagate import check_window
-    from meshemu.emulation.mesh import check_namespace_limit
-    from meshemu.experiments.runner import _resolve
-    from meshemu.links import compute_link_series
-    from meshemu.links.series import check_series_size
-    from meshemu.model.partition import check_layout
-    from meshemu.serving.compute import parse_compute
-    from meshemu.serving.placement import MeshPaths, place
-    from meshemu.serving.session import describe_model
-
     with _at(spec, "constellation"):
-        c = load_constellation(_resolve(spec, spec.constellation))
+        c = load_constellation(resolve(spec, spec.constellation))
     with _at(spec, "ground_stations"):
-        stations = (read_ground_stations(_resolve(spec, spec.ground_stations)) if spec.ground_stations
+        stations = (read_ground_stations(resolve(spec, spec.ground_stations)) if spec.ground_stations
                     else default_ground_stations())
-    w = spec.window
     with _at(spec, "window"):
-        grid = TimeGrid.from_window(c.epoch_utc, start_s=w.start_s, duration_s=w.duration_s, step_s=w.step_s)
+        grid = time_grid(spec, c)
         check_window(c.satrecs, grid)
         check_series_size(c.size, len(stations), len(grid), len(c.isl_pairs))
     check_namespace_limit(c.size + len(stations))
@@ -81,14 +80,13 @@ def check_experiment(spec) -> CheckReport:
                 first.node_index(name)
     p = spec.parallelism
     with _at(spec, "model.source"):
-        _, config, tok = describe_model(None if spec.model.source == "default" else spec.model.source)
+        source, config, tok = describe_model(None if spec.model.source == "default" else spec.model.source)
     with _at(spec, "model.compute"):
         parse_compute(spec.model.compute)
     with _at(spec, "parallelism"):
         check_layout(config, p.tp, p.pp)
     with _at(spec, "placement"):
-        paths = MeshPaths(first)
-        rank_nodes = place(spec.placement, p.tp * p.pp, paths, paths.names[gs])
+        rank_nodes = place(spec.placement, p.tp * p.pp, first, ForwardingStates(first), gs)
     longest = 0
     for i, text in enumerate(spec.workload.prompts):
         if tok is None:
@@ -105,5 +103,7 @@ def check_experiment(spec) -> CheckReport:
         raise InputError(f"the longest prompt ({longest} tokens) + max_new_tokens {spec.workload.max_new_tokens} "
                          f"exceed {config.name or 'the model'}'s context of {config.max_context} tokens",
                          file=spec.source or None, field="workload.max_new_tokens")
+    with _at(spec, "shaping"):
+        plan_run(spec, source, config, tok)  # the plan a run would carry out, checked as a whole
     return CheckReport(c.size, len(stations), len(grid), tuple(rank_nodes), config.name or spec.model.source,
                        config.n_layers, longest)

@@ -24,7 +24,7 @@ def plot_token_latency(result, path):
         toks = [t for t in result.tokens if t.get("request") == req.get("request") and t["index"] > 0]
         if not toks:
             continue
-        x = [t["wall_time"] - result.tokens[0]["wall_time"] for t in toks]
+        x = [t["clock_s"] - result.tokens[0]["clock_s"] for t in toks]
         ax.plot(x, [t["cycle_s"] * 1e3 for t in toks], ".", color=f"C{i % 10}", markersize=4,
                 label=f"request {req.get('request')} measured" if i < 6 else None)
         pred = [t.get("predicted_cycle_s") for t in toks]
@@ -60,20 +60,19 @@ def plot_predicted_vs_measured(labels, measured, predicted, path, title):
     plt.close(fig)
 
 
-def _measured_probes(result, series, paths):
+def _measured_probes(result, series, node):
     out = {}
     for p in result.probes:
         if p.measured_rtt_ms is None:
             continue
-        out.setdefault((paths.node(p.src), paths.node(p.dst)), ([], []))
-        t, rtt = out[(paths.node(p.src), paths.node(p.dst))]
+        t, rtt = out.setdefault((node(p.src), node(p.dst)), ([], []))
         t.append(float(series.times_s[p.step]))
         rtt.append(p.measured_rtt_ms)
     return {k: (np.array(a), np.array(b)) for k, (a, b) in out.items()}
 
 
 def _timelines(routes, node) -> dict:
-    """routes.csv rows back into per-pair (rtt_ms, hops, changed) arrays, so nothing is routed twice."""
+    """routes.csv rows as per-pair (rtt_ms, hops, changed) arrays, so nothing is routed twice."""
     by_pair = {}
     for r in routes:
         by_pair.setdefault((node(r["src"]), node(r["dst"])), []).append(r)
@@ -86,11 +85,12 @@ def _timelines(routes, node) -> dict:
     return out
 
 
-def write_report(result, series, mesh, routes=()) -> None:
-    folder, spec, s = result.folder, result.spec, result.summary
-    node = mesh.paths.node
-    pairs = [(node(mesh.ground_station), node(mesh.rank_nodes[0]))] + [(node(a), node(b)) for a, b in spec.probes]
-    plot_rtt_and_hops(series, pairs, folder / "rtt_hops.png", measured=_measured_probes(result, series, mesh.paths),
+def write_report(result, series, dep) -> None:
+    """``report.md`` and its figures, from the run's own records (``dep``: its :class:`~meshemu.deployment.Deployment`)."""
+    folder, spec, s, routes = result.folder, result.spec, result.summary, result.routes
+    node, client = dep.node, dep.client_node
+    pairs = [(node(client), node(dep.rank_nodes[0]))] + [(node(a), node(b)) for a, b in spec.probes]
+    plot_rtt_and_hops(series, pairs, folder / "rtt_hops.png", measured=_measured_probes(result, series, node),
                       timelines=_timelines(routes, node),
                       title=f"{spec.name}: RTT and hops, client to rank 0 and probes (dotted: route changes)")
     plot_token_latency(result, folder / "tpot.png")
@@ -102,7 +102,7 @@ def write_report(result, series, mesh, routes=()) -> None:
                                folder / "predicted_vs_measured.png", f"{spec.name}: measured beside predicted")
     meta = json.loads((folder / "run.json").read_text())
     caps = meta.get("capabilities") or {}
-    client_paths = [r["path"] for r in routes if r["src"] == mesh.ground_station and r["dst"] == mesh.rank_nodes[0]]
+    client_paths = [r["path"] for r in routes if r["src"] == client and r["dst"] == dep.rank_nodes[0]]
     route_changes = sum(a != b for a, b in zip(client_paths, client_paths[1:]))
     lines = [
         f"# {spec.name}", "", spec.description or "", "",
@@ -116,8 +116,8 @@ def write_report(result, series, mesh, routes=()) -> None:
         f"{'present' if caps.get('netem') else 'absent'}) |",
         f"| model | {meta['model']}, compute {spec.model.compute} |",
         f"| parallelism | tp {spec.parallelism.tp} x pp {spec.parallelism.pp}, {spec.parallelism.allreduce} all-reduce |",
-        f"| placement | {spec.placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(mesh.rank_nodes)) + " |",
-        f"| client | {mesh.ground_station} |",
+        f"| placement | {spec.placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(dep.rank_nodes)) + " |",
+        f"| client | {client} |",
         f"| workload | {spec.workload.requests} requests of {spec.workload.max_new_tokens} tokens, "
         f"{spec.workload.concurrency} at a time |",
         "", "## Results", "",
@@ -131,14 +131,16 @@ def write_report(result, series, mesh, routes=()) -> None:
     failed = [r for r in result.requests if r.get("error")]
     if failed:
         lines += ["Failed requests: " + "; ".join(f"request {r.get('request')}: {r['error']}" for r in failed), ""]
+    lines += _questions_and_answers(result.requests, client, dep.rank_nodes)
     probe = meta.get("probes") or {}
     player = meta.get("player") or {}
     lines += [
-        f"The route from {mesh.ground_station} to rank 0 changed {route_changes} times in the whole window. "
+        f"The route from {client} to rank 0 changed {route_changes} times in the whole window. "
         f"While the workload ran, the player applied {player.get('steps', 0)} steps "
         f"(series time {_fmt(player.get('first_t_s'))}-{_fmt(player.get('last_t_s'))} s; apply p99 "
         f"{_fmt(player.get('apply_p99_ms'))} ms, lateness p99 {_fmt(player.get('late_p99_ms'))} ms) and "
-        f"{player.get('link_changes', 0)} link states and {player.get('route_changes', 0)} routes changed.",
+        f"{player.get('link_changes', 0)} link states and {player.get('route_changes', 0)} routes changed. "
+        f"Routes were computed {_passes(meta)}.",
         "",
         (f"RTT probed on the live mesh: error median {_fmt(probe.get('median_ms'), 3)} ms, "
          f"p99 {_fmt(probe.get('p99_ms'), 3)} ms over {probe.get('probes', 0)} probes ({probe.get('lost', 0)} lost)."
@@ -157,6 +159,34 @@ def write_report(result, series, mesh, routes=()) -> None:
     (folder / "report.md").write_text("\n".join(lines))
 
 
+def _questions_and_answers(requests, client, rank_nodes) -> list[str]:
+    """Each request's prompt and the answer that came back from orbit (the first few, whole)."""
+    if not requests:
+        return []
+    lines = ["## Questions and answers", "",
+             f"Asked at {client}, answered by the model's shards on {', '.join(rank_nodes)}:", ""]
+    for r in requests[:10]:
+        answer = (r.get("answer") or "").strip() or "(no tokens)"
+        lines += [f"**{r.get('request')}. {_one_line(r.get('prompt', ''))}**", "",
+                  f"> {_one_line(answer)}" + (f" *(failed: {r['error']})*" if r.get("error") else ""), ""]
+    if len(requests) > 10:
+        lines += [f"... and {len(requests) - 10} more in `requests.jsonl`.", ""]
+    return lines
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _passes(meta) -> str:
+    r = meta.get("routing") or {}
+    if not r:
+        return "(no record)"
+    return (f"{r['passes']} times for {r['steps_computed']} of {r['steps']} steps "
+            f"(at most {r['max_passes_per_step']} pass per step, shared by the player, placement, probes, "
+            "predictor and this report)")
+
+
 def plot_sweep_tpot(labels, results, path, title):
     """Time per output token over each run's time, one colour per sweep value (log scale: layouts differ 100x)."""
     plt = _pyplot()
@@ -164,8 +194,8 @@ def plot_sweep_tpot(labels, results, path, title):
     for i, (label, r) in enumerate(zip(labels, results)):
         toks = [t for t in r.tokens if t["index"] > 0]
         if toks:
-            t0 = r.tokens[0]["wall_time"]
-            ax.plot([t["wall_time"] - t0 for t in toks], [t["cycle_s"] * 1e3 for t in toks], ".", markersize=4,
+            t0 = r.tokens[0]["clock_s"]
+            ax.plot([t["clock_s"] - t0 for t in toks], [t["cycle_s"] * 1e3 for t in toks], ".", markersize=4,
                     color=f"C{i}", label=f"{label}: TPOT {_fmt(r.summary.get('tpot_ms'))} ms")
     ax.set_yscale("log")
     ax.set_xlabel("time since the run's first token (s)")

@@ -46,9 +46,6 @@ class Shaping:
             raise ValueError(f"shaping.rate_mbps must be greater than 0 Mbit/s, got {self.rate_mbps}")
         if not 0 <= self.loss <= 1:
             raise ValueError(f"shaping.loss is a probability within [0, 1], got {self.loss}")
-        if self.backend in ("delayline", "none") and (self.loss or self.rate_mbps is not None):
-            raise ValueError(f"shaping.backend {self.backend} does delay only: drop loss and rate_mbps, "
-                             "or use netem (or auto)")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import networkx as nx
@@ -33,6 +34,7 @@ from meshemu.constellation.propagate import TimeGrid, propagate_itrs_m
 from meshemu.errors import InputError
 from meshemu.links.gsl import visible_links
 from meshemu.links.isl import isl_lengths_m
+from meshemu.links.names import find_short, short_names
 from meshemu.resources import memory_problem
 
 _FORMAT_VERSION = 1
@@ -93,6 +95,15 @@ class LinkSeries:
     def node_index(self, name) -> int:
         """A node's id from its name, or from its id as text."""
         return find_node(self.node_names, name, self.constellation)
+
+    @cached_property
+    def short_names(self) -> tuple[str, ...]:
+        """Every node's short name (``p03s12``, ``NewYork``; see :mod:`meshemu.links.names`)."""
+        return short_names(self.node_names, self.n_satellites, self.places())
+
+    def short_index(self, name) -> int:
+        """A node's id from its short name, its id as text, or a city's full name."""
+        return find_short(self.short_names, self.n_satellites, name)
 
     def places(self) -> np.ndarray:
         """(N, 3) int32: shell, plane and slot of every satellite, -1 where unknown."""

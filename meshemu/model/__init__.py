@@ -10,6 +10,8 @@ Modules, in data-flow order: :mod:`~meshemu.model.config` (the shape),
 :mod:`~meshemu.model.weights` (fused, pre-transposed arrays and the
 :class:`~meshemu.model.weights.ShardSpec` of the part they cover),
 :mod:`~meshemu.model.gguf` / :mod:`~meshemu.model.hf` (checkpoint readers),
+:mod:`~meshemu.model.naming` (the name people read),
+:mod:`~meshemu.model.weight_cache` (dequantized GGUF weights on disk),
 :mod:`~meshemu.model.tokenizer`, :mod:`~meshemu.model.partition` (pipeline
 stages and tensor-parallel ranks), :mod:`~meshemu.model.cache`,
 :mod:`~meshemu.model.transformer` (the forward pass),

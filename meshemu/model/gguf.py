@@ -18,12 +18,14 @@ array([0., 1., 2., 3., 4., 5., 6., 7.])
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from meshemu.errors import InputError
 from meshemu.model.config import ModelConfig
+from meshemu.model.naming import gguf_model_name
 from meshemu.model.tokenizer import TextTokenizer, tokenizer_from_gguf_vocab
 from meshemu.model.weights import ModelWeights, weights_from_hf
 
@@ -105,6 +107,32 @@ def _float32(value) -> float:
     return float(repr(np.float32(value)).removeprefix("np.float32(").removesuffix(")"))
 
 
+def quantization(reader) -> str | None:
+    """The file's number format: ``general.file_type`` (``MOSTLY_Q4_1`` is ``Q4_1``), or else the
+    tensor type that holds most of the weights."""
+    from gguf import LlamaFileType
+
+    file_type = _field(reader, "general.file_type")
+    if file_type is not None:
+        try:  # GUESSED is a flag the converter ORs in when it inferred the type
+            kind = LlamaFileType(int(file_type) & ~LlamaFileType.GUESSED)
+            return kind.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            pass  # a type newer than this gguf package: count the tensors instead
+    elements = Counter()
+    for tensor in reader.tensors:
+        elements[tensor.tensor_type.name] += int(tensor.n_elements)
+    return elements.most_common(1)[0][0] if elements else None
+
+
+def name_fields(reader) -> dict:
+    """What the readable name is made of (:func:`~meshemu.model.naming.gguf_model_name`'s
+    arguments but the stem): ``general.{name,basename,size_label,finetune}`` and the number format."""
+    general = {key: str(_field(reader, f"general.{key}", "") or "")
+               for key in ("name", "basename", "size_label", "finetune")}
+    return general | {"quantization": quantization(reader)}
+
+
 def config_from_gguf(reader, *, file=None) -> ModelConfig:
     """The :class:`ModelConfig` a GGUF file's metadata describes."""
     arch = _field(reader, "general.architecture", required=True)
@@ -135,7 +163,7 @@ def config_from_gguf(reader, *, file=None) -> ModelConfig:
         max_context=int(_field(reader, f"{arch}.context_length", 2048)),
         bos_token_id=None if bos is None else int(bos),
         eos_token_ids=() if eos is None else (int(eos),),
-        name=str(_field(reader, "general.name", "")),
+        name=gguf_model_name(stem=Path(file).stem if file else "", **name_fields(reader)),
     )
 
 
@@ -183,6 +211,13 @@ def load_gguf(path) -> tuple[ModelWeights, TextTokenizer]:
         Missing or corrupt file, unsupported architecture or tensor type,
         missing or misshapen tensor.
     """
+    weights, tokenizer, _ = read_gguf(path)
+    return weights, tokenizer
+
+
+def read_gguf(path) -> tuple[ModelWeights, TextTokenizer, dict]:
+    """:func:`load_gguf`, and the file's :func:`name_fields` (the weight cache keeps them, so that
+    a copy of the file under another name is named as that file)."""
     path = Path(path)
     reader = _open(path)
     try:
@@ -197,4 +232,63 @@ def load_gguf(path) -> tuple[ModelWeights, TextTokenizer]:
                 name = f"model.layers.{i}.self_attn.{proj}.weight"
                 if name in tensors:  # a missing one is reported by weights_from_hf
                     tensors[name] = unpermute_qk(tensors[name], heads)
-    return weights_from_hf(config, tensors, file=path), tokenizer
+    return weights_from_hf(config, tensors, file=path), tokenizer, name_fields(reader)
+
+
+def tensor_elements(path) -> int:
+    """Elements in all of a GGUF file's tensors, from the tensor infos in its header: how big the model is
+    before any data is read. The metadata before them is stepped over, not decoded (GGUFReader takes
+    seconds over a 50k-token vocabulary)."""
+    import mmap
+    import struct
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", file=path)
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _count_elements(buf)
+    except (OSError, ValueError, KeyError, struct.error) as err:
+        raise InputError(f"not a readable GGUF file, truncated or corrupt ({err})", file=path) from None
+
+
+def _count_elements(buf) -> int:
+    import math
+    from struct import unpack_from
+
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF scalar types: bytes
+    string, array = 8, 9
+
+    def skip(kind: int, pos: int, depth: int = 0) -> int:
+        if kind == string:
+            return pos + 8 + unpack_from("<Q", buf, pos)[0]
+        if kind != array:
+            return pos + sizes[kind]
+        item, n = unpack_from("<IQ", buf, pos)
+        pos += 12
+        if item in sizes:
+            return pos + n * sizes[item]
+        if depth > 4:
+            raise ValueError("arrays nested too deep")
+        for _ in range(n):  # strings or arrays: each takes at least 8 bytes, so this ends at the file's end
+            pos = skip(item, pos, depth + 1)
+            if pos > len(buf):
+                raise ValueError("an array runs past the end of the file")
+        return pos
+
+    magic, version, n_tensors, n_kv = unpack_from("<4sIQQ", buf, 0)
+    if magic != b"GGUF" or version < 2:
+        raise ValueError(f"magic {magic!r} version {version}, expected GGUF version 2 or later")
+    pos = 24
+    for _ in range(n_kv):
+        pos = skip(string, pos)
+        pos = skip(unpack_from("<I", buf, pos)[0], pos + 4)
+    total = 0
+    for _ in range(n_tensors):
+        pos = skip(string, pos)
+        (n_dims,) = unpack_from("<I", buf, pos)
+        if n_dims > 8:
+            raise ValueError(f"a tensor with {n_dims} dimensions")
+        total += math.prod(unpack_from(f"<{n_dims}Q", buf, pos + 4))
+        pos += 4 + 8 * n_dims + 4 + 8  # dims, then type and offset
+    return total

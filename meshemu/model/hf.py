@@ -16,6 +16,7 @@ import numpy as np
 
 from meshemu.errors import InputError
 from meshemu.model.config import ModelConfig
+from meshemu.model.naming import folder_model_name, hf_model_name
 from meshemu.model.tokenizer import TextTokenizer, tokenizer_from_hf_dir
 from meshemu.model.weights import ModelWeights, weights_from_hf
 
@@ -45,16 +46,19 @@ def _ids(value) -> tuple[int, ...]:
 def config_from_hf(cfg: dict, *, file=None, name: str = "") -> ModelConfig:
     """The :class:`ModelConfig` of a Hugging Face ``config.json`` mapping.
 
+    ``name`` is the checkpoint directory's name, the model's name when
+    ``config.json`` has no ``_name_or_path``.
+
     >>> config_from_hf({"architectures": ["GPT2LMHeadModel"]})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     meshemu.errors.InputError: unsupported architecture 'GPT2LMHeadModel' in config.json (supported: ...)
     """
     names = cfg.get("architectures") or []
-    name = names[0] if names else cfg.get("model_type")
-    arch = HF_ARCHITECTURES.get(name) or (None if names else _MODEL_TYPES.get(name))
+    arch_name = names[0] if names else cfg.get("model_type")
+    arch = HF_ARCHITECTURES.get(arch_name) or (None if names else _MODEL_TYPES.get(arch_name))
     if arch is None:
-        raise InputError(f"unsupported architecture {name!r} in config.json "
+        raise InputError(f"unsupported architecture {arch_name!r} in config.json "
                          f"(supported: {', '.join(HF_ARCHITECTURES)})", file=file)
     rope = cfg.get("rope_parameters") or {}  # transformers >= 5 moved rope_theta here
     scaling = cfg.get("rope_scaling") or rope
@@ -83,7 +87,8 @@ def config_from_hf(cfg: dict, *, file=None, name: str = "") -> ModelConfig:
             max_context=int(cfg.get("max_position_embeddings", 2048)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=_ids(cfg.get("eos_token_id")),
-            name=str(cfg.get("_name_or_path") or name),
+            name=hf_model_name(str(cfg.get("_name_or_path") or ""), name or arch_name,
+                               dtype=cfg.get("torch_dtype", cfg.get("dtype"))),
         )
     except KeyError as err:
         raise InputError("missing key", file=file, field=err.args[0]) from None
@@ -137,7 +142,8 @@ def load_hf(directory) -> tuple[ModelWeights, TextTokenizer | None]:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise InputError("no config.json (not a Hugging Face checkpoint)", file=directory)
-    config = config_from_hf(_read_json(config_path), file=config_path, name=directory.name)
+    config = config_from_hf(_read_json(config_path), file=config_path,
+                            name=folder_model_name(directory.resolve()))
     generation_path = directory / "generation_config.json"
     if generation_path.is_file():
         extra = _ids(_read_json(generation_path).get("eos_token_id"))
@@ -155,3 +161,22 @@ def load_hf(directory) -> tuple[ModelWeights, TextTokenizer | None]:
         tokenizer = tokenizer_from_hf_dir(directory, bos_token_id=config.bos_token_id,
                                           eos_token_ids=config.eos_token_ids)
     return weights, tokenizer
+
+
+def tensor_elements(directory) -> int:
+    """Elements in all tensors of a checkpoint directory's ``*.safetensors`` files, from their headers
+    (the files are mapped, not read): how big it is before any data is read."""
+    import math
+
+    from safetensors import SafetensorError, safe_open
+
+    total = 0
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+        except OSError as err:
+            raise InputError(f"cannot read: {err.strerror}", file=path) from None
+        except SafetensorError as err:
+            raise InputError(f"not a readable safetensors file ({err})", file=path) from None
+    return total

@@ -23,12 +23,18 @@ DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """Weights, tokenizer, where they came from and how long reading took."""
+    """Weights, tokenizer, where they came from and how long reading took.
+
+    ``cache`` says how the weight cache served a GGUF file (``"hit"``,
+    ``"built"`` or ``"off"``; see :mod:`~meshemu.model.weight_cache`), and is
+    ``""`` for a Hugging Face directory, which is read directly.
+    """
 
     weights: ModelWeights
     tokenizer: TextTokenizer | None
     path: Path
     load_s: float
+    cache: str = ""
 
 
 def default_model_path() -> Path:
@@ -49,6 +55,9 @@ def default_model_path() -> Path:
 def load_model(path=None) -> LoadedModel:
     """Read a checkpoint into float32 weights and its tokenizer.
 
+    A GGUF file is dequantized once and then read from the weight cache
+    (:mod:`~meshemu.model.weight_cache`; ``MESHEMU_CACHE=off`` disables it).
+
     Parameters
     ----------
     path : str or Path, optional
@@ -60,15 +69,16 @@ def load_model(path=None) -> LoadedModel:
     InputError
         Missing or corrupt files, unsupported architectures (one line, no traceback).
     """
-    from meshemu.model.gguf import load_gguf
     from meshemu.model.hf import load_hf
+    from meshemu.model.weight_cache import load_gguf_cached
 
     path = default_model_path() if path is None else Path(path)
     start = time.perf_counter()
+    cache = ""
     if path.is_dir():
         weights, tokenizer = load_hf(path)
     elif path.exists() or path.suffix == ".gguf":
-        weights, tokenizer = load_gguf(path)
+        weights, tokenizer, cache = load_gguf_cached(path)
     else:
         raise InputError("no such file or directory", file=path)
-    return LoadedModel(weights, tokenizer, path, time.perf_counter() - start)
+    return LoadedModel(weights, tokenizer, path, time.perf_counter() - start, cache)

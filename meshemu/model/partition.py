@@ -118,8 +118,14 @@ def _head_columns(heads, head_dim: int, offset: int) -> np.ndarray:
 
 
 def slice_layer(layer: LayerWeights, config: ModelConfig, spec: ShardSpec) -> LayerWeights:
-    """One block's weights restricted to ``spec``'s heads and FFN columns (copies)."""
+    """One block's weights restricted to ``spec``'s heads and FFN columns (copies, unless it is all of them)."""
     hd, f = config.head_dim, config.ffn_size
+    if (spec.q_heads == tuple(range(config.n_heads)) and spec.kv_heads == tuple(range(config.n_kv_heads))
+            and (spec.ffn_start, spec.ffn_stop) == (0, f)):
+        # A pipeline stage without tensor parallelism: gathering every column would copy the
+        # block for nothing (half a second for SmolLM2), and sharing keeps the weight cache's
+        # memory-mapped pages shared between the shard processes of one machine.
+        return layer
     qkv_cols = np.concatenate([
         _head_columns(spec.q_heads, hd, 0),
         _head_columns(spec.kv_heads, hd, config.q_width),
@@ -128,9 +134,10 @@ def slice_layer(layer: LayerWeights, config: ModelConfig, spec: ShardSpec) -> La
     ffn_cols = np.arange(spec.ffn_start, spec.ffn_stop)
     return dataclasses.replace(
         layer,
-        wqkv=np.ascontiguousarray(layer.wqkv[:, qkv_cols]),                # column-parallel
+        # np.take, not w[:, cols]: it gathers columns several times faster, in C order.
+        wqkv=np.take(layer.wqkv, qkv_cols, axis=1),                          # column-parallel
         wo=np.ascontiguousarray(layer.wo[_head_columns(spec.q_heads, hd, 0)]),  # row-parallel
-        w_gate_up=np.ascontiguousarray(layer.w_gate_up[:, np.concatenate([ffn_cols, f + ffn_cols])]),
+        w_gate_up=np.take(layer.w_gate_up, np.concatenate([ffn_cols, f + ffn_cols]), axis=1),
         w_down=np.ascontiguousarray(layer.w_down[spec.ffn_start:spec.ffn_stop]),
     )
 
@@ -148,8 +155,9 @@ def slice_weights(weights: ModelWeights, spec: ShardSpec) -> ModelWeights:
     Returns
     -------
     ModelWeights
-        New arrays for the blocks; the embedding and the LM head are shared
-        with ``weights`` (read-only use), not copied.
+        New arrays for the blocks that tensor parallelism cuts; whole blocks,
+        the embedding and the LM head are shared with ``weights`` (read-only
+        use), not copied.
     """
     config = weights.config
     if weights.spec != full_spec(config):

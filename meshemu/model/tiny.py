@@ -105,19 +105,24 @@ def _vocab_and_merges(tokenizer: TextTokenizer) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def write_gguf(weights: ModelWeights, tokenizer: TextTokenizer, path, *, quantize: str | None = None):
+def write_gguf(weights: ModelWeights, tokenizer: TextTokenizer, path, *, quantize: str | None = None,
+               general: dict[str, str] | None = None):
     """Write a GGUF file as llama.cpp's converter would (Q/K rows permuted for Llama).
 
     Parameters
     ----------
     quantize : {None, "Q8_0"}
         Store the 2-D matrices as Q8_0 blocks instead of float32.
+    general : dict of str to str, optional
+        More ``general.*`` metadata, e.g. ``{"basename": "tiny", "size_label": "1M"}``.
     """
     import gguf
 
     cfg = weights.config
     writer = gguf.GGUFWriter(str(path), cfg.arch)
     writer.add_name(cfg.name)
+    for key, value in (general or {}).items():
+        writer.add_string(f"general.{key}", value)
     writer.add_block_count(cfg.n_layers)
     writer.add_context_length(cfg.max_context)
     writer.add_embedding_length(cfg.hidden_size)

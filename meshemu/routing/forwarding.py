@@ -31,22 +31,42 @@ def next_hops(series, k: int, graph=None) -> np.ndarray:
     return forwarding_state(series, k, graph)[0]
 
 
-def forwarding_state(series, k: int, graph=None) -> tuple[np.ndarray, np.ndarray]:
+def forwarding_state(series, k: int, graph=None, destinations=None) -> tuple[np.ndarray, np.ndarray]:
     """The forwarding table and the path length between every pair of nodes at step ``k``.
 
-    Returns ``(next_hop, length_m)``, both (N + G, N + G) and indexed
-    ``[node, destination]``; ``length_m`` is inf where there is no path.
+    Returns ``(next_hop, length_m)``, both (N + G, D) and indexed
+    ``[node, destination]``; ``length_m`` is inf where there is no path. D is
+    every node, or only ``destinations`` (node ids) when given: each column is
+    its own Dijkstra tree, so a column is the same either way.
     """
     graph = split_graph(series, k) if graph is None else graph
-    nodes = np.arange(series.n_nodes)
-    roots = np.array([sink_id(series, d) for d in nodes])
+    dest = np.arange(series.n_nodes) if destinations is None else np.asarray(destinations, dtype=np.int64)
+    roots = np.array([sink_id(series, int(d)) for d in dest], dtype=np.int64)
     dist, pred = dijkstra(graph.T.tocsr(), directed=True, indices=roots, return_predecessors=True)
     hop = pred[:, : series.n_nodes]  # (destination, node): split id of the next hop
     table = np.where(hop == NO_PATH, -1, from_split(series, np.where(hop == NO_PATH, 0, hop)))
     length = dist[:, : series.n_nodes]
-    np.fill_diagonal(table, -1)  # a station's own uplink-downlink loop is no route to itself
-    np.fill_diagonal(length, 0.0)
+    rows = np.arange(len(dest))
+    table[rows, dest] = -1  # a station's own uplink-downlink loop is no route to itself
+    length[rows, dest] = 0.0
     return np.ascontiguousarray(table.T, dtype=np.int32), np.ascontiguousarray(length.T)
+
+
+def walk(towards: np.ndarray, src: int, dst: int) -> tuple[int, ...]:
+    """The nodes a packet from ``src`` to ``dst`` visits, given every node's next hop ``towards`` ``dst``.
+
+    Both ends included; empty when a node on the way has no route, or the hops loop.
+
+    >>> walk(np.array([1, 2, 3, -1]), 0, 3), walk(np.array([1, 2, 1, -1]), 0, 3), walk(np.array([-1, 2]), 1, 1)
+    ((0, 1, 2, 3), (), (1,))
+    """
+    out, u = [src], src
+    while u != dst:
+        u = int(towards[u])
+        if u < 0 or len(out) > len(towards):
+            return ()
+        out.append(u)
+    return tuple(out)
 
 
 @dataclass(frozen=True)

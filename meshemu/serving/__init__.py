@@ -17,8 +17,9 @@ links that fail, one-way frame streams), :mod:`~meshemu.serving.compute`
 (real numpy or a device's time), :mod:`~meshemu.serving.collectives` (ring and
 direct all-reduce), :mod:`~meshemu.serving.pipeline` (ranks, stages, the
 per-request worker), :mod:`~meshemu.serving.shard` (the server process),
-:mod:`~meshemu.serving.client`, :mod:`~meshemu.serving.launch` (processes),
-:mod:`~meshemu.serving.placement` and :mod:`~meshemu.serving.mesh` (the
-emulated mesh), :mod:`~meshemu.serving.metrics`, :mod:`~meshemu.serving.predict`
-and :mod:`~meshemu.serving.report` (measured beside predicted).
+:mod:`~meshemu.serving.job` (the typed job a client runs), :mod:`~meshemu.serving.client`,
+:mod:`~meshemu.serving.launch` (processes), :mod:`~meshemu.serving.placement`
+(ranks to satellites), :mod:`~meshemu.serving.metrics`, :mod:`~meshemu.serving.predict`
+and :mod:`~meshemu.serving.report` (measured beside predicted). Nothing here
+imports the emulation: :mod:`meshemu.deployment` puts these programs into a mesh.
 """

@@ -10,17 +10,18 @@ turns into a :class:`ServingError` naming what failed, never a hang.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import threading
 import time
-import uuid
 from concurrent import futures
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import grpc
 
 from meshemu.errors import InputError, MeshemuError
+from meshemu.serving.job import Request, ServingJob, ServingPlan
 from meshemu.serving.metrics import RequestRecord
 from meshemu.serving.rpc import shard_pb2 as pb
 from meshemu.serving.tensors import decode
@@ -31,39 +32,6 @@ class ServingError(MeshemuError):
     """A request or a load failed on the shards; the message says where."""
 
 
-@dataclass(frozen=True)
-class ServingPlan:
-    """What to serve where: the model, every rank's address, and the parallel layout."""
-
-    model: str
-    ranks: tuple[str, ...]
-    tp: int = 1
-    pp: int = 1
-    allreduce: str = "ring"
-    compute: str = "real"
-    peak_flops: float = 0.0
-    peak_bandwidth_Bps: float = 0.0
-    nodes: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        object.__setattr__(self, "ranks", tuple(self.ranks))
-        object.__setattr__(self, "nodes", tuple(self.nodes))
-        if len(self.ranks) != self.tp * self.pp:
-            raise InputError(f"{len(self.ranks)} shard addresses for tp {self.tp} x pp {self.pp}")
-
-
-@dataclass(frozen=True)
-class Request:
-    prompt: tuple[int, ...]
-    max_new_tokens: int = 16
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    stop_ids: tuple[int, ...] = ()
-    return_logits: bool = False
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
 def _rpc_error(err: grpc.RpcError, what: str) -> ServingError:
     return ServingError(f"{what}: {err.code().name}: {err.details()}")
 
@@ -72,6 +40,8 @@ class ServingClient:
     """Talks to every shard of a :class:`ServingPlan` (use as a context manager)."""
 
     def __init__(self, plan: ServingPlan, *, step_timeout_s: float = 10.0):
+        if not plan.ranks:
+            raise InputError(f"no shard addresses for tp {plan.tp} x pp {plan.pp}: start the shards first")
         self.plan = plan
         self.step_timeout_s = step_timeout_s
         self._stubs = [stub(a) for a in plan.ranks]
@@ -137,7 +107,7 @@ class ServingClient:
                                  return_logits=request.return_logits)
         record = RequestRecord(request.request_id, len(request.prompt))
         record.logits = []
-        record.sent_wall_time = time.time()
+        record.sent_clock_s = time.monotonic()
         t0 = time.perf_counter()
         try:
             for ev in self._stubs[0][1].Generate(req, timeout=timeout_s, wait_for_ready=True):
@@ -145,7 +115,7 @@ class ServingClient:
                 stages = sorted(ev.timings, key=lambda s: s.stage)
                 record.add_token(ev.index, ev.token, arrival, cycle_s=ev.cycle_s,
                                  compute_s=sum(s.compute_s for s in stages),
-                                 collective_s=sum(s.collective_s for s in stages), wall_time=time.time(),
+                                 collective_s=sum(s.collective_s for s in stages), clock_s=time.monotonic(),
                                  stage_compute_s=[s.compute_s for s in stages])
                 if ev.HasField("logits"):
                     record.logits.append(decode(ev.logits))
@@ -189,28 +159,29 @@ class ServingClient:
 
 
 # -- a job: what the CLI asks a client in a ground station's namespace to do ---------------------
-def run_job(job: dict, emit) -> None:
-    """Load the plan, run the requests (``concurrency`` at a time, ``gap_s`` apart), and ``emit`` events (dicts)."""
-    plan = ServingPlan(**job["plan"])
-    requests = [Request(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()})
-                for r in job["requests"]]
-    with ServingClient(plan, step_timeout_s=job.get("step_timeout_s", 10.0)) as client:
-        client.wait_ready(job.get("connect_timeout_s", 30.0))
-        replies = client.load(job.get("load_timeout_s", 300.0))
+def run_job(job: ServingJob, emit) -> None:
+    """Load the plan, run the requests (``concurrency`` at a time, ``gap_s`` apart), and ``emit`` events (dicts).
+
+    Events: ``loaded`` (the shards' replies), ``token`` (as each arrives),
+    ``request`` (its record, and its error if it failed), ``shards`` (their metrics).
+    """
+    requests = job.requests
+    with ServingClient(job.plan, step_timeout_s=job.step_timeout_s) as client:
+        client.wait_ready(job.connect_timeout_s)
+        replies = client.load(job.load_timeout_s)
         emit({"event": "loaded", "replies": [_load_row(r) for r in replies]})
         lock = threading.Lock()
 
         def on_token(i, ev, rec):
             with lock:
                 emit({"event": "token", "request": i, "index": ev.index, "token": ev.token,
-                      "t": rec.tokens[-1].arrival_s})
+                      "t": rec.tokens[-1].arrival_s, "clock_s": rec.tokens[-1].clock_s})
 
-        concurrency = max(1, int(job.get("concurrency", 1)))
-        for first in range(0, len(requests), concurrency):
-            if first and job.get("gap_s"):
-                time.sleep(job["gap_s"])  # let the mesh move between batches
-            batch = requests[first:first + concurrency]
-            for k, res in enumerate(client.generate_many(batch, timeout_s=job.get("timeout_s", 300.0),
+        for first in range(0, len(requests), job.concurrency):
+            if first and job.gap_s:
+                time.sleep(job.gap_s)  # let the mesh move between batches
+            batch = requests[first:first + job.concurrency]
+            for k, res in enumerate(client.generate_many(batch, timeout_s=job.timeout_s,
                                                          on_token=lambda i, ev, rec, f=first: on_token(f + i, ev, rec))):
                 i = first + k
                 if isinstance(res, ServingError):
@@ -236,23 +207,21 @@ def _record_row(rec: RequestRecord) -> dict:
 
 def record_from_row(row: dict) -> RequestRecord:
     rec = RequestRecord(row["request_id"], row["prompt_tokens"], stop_reason=row["stop_reason"],
-                        error=row["error"], sent_wall_time=row["sent_wall_time"],
+                        error=row["error"], sent_clock_s=row["sent_clock_s"],
                         stage_compute_s=row["stage_compute_s"])
     for t in row["token_rows"]:
         rec.add_token(t["index"], t["token"], t["arrival_s"], cycle_s=t["cycle_s"], compute_s=t["compute_s"],
-                      collective_s=t["collective_s"], wall_time=t["wall_time"])
+                      collective_s=t["collective_s"], clock_s=t["clock_s"])
     rec.logits = row.get("logits", [])
     return rec
 
 
 def main(argv=None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m meshemu.serving.client",
                                      description="Run a serving job (JSON) and print events as JSON lines.")
     parser.add_argument("--job", required=True, help="the job file (JSON), or - for stdin")
     args = parser.parse_args(argv)
-    from meshemu.serving.shard import die_with_parent
+    from meshemu.serving.shard import die_with_parent  # here: the shard's module pulls in the model
 
     die_with_parent()
     if args.job == "-":
@@ -266,7 +235,7 @@ def main(argv=None) -> int:
         sys.stdout.flush()
 
     try:
-        run_job(json.loads(text), emit)
+        run_job(ServingJob.from_json(text), emit)
     except MeshemuError as err:
         emit({"event": "error", "message": str(err)})
         return 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -104,15 +105,28 @@ def head_time_s(config: ModelConfig, device: Device, batch: int) -> float:
     return device.seconds(2 * batch * params, params * device.weight_bytes)
 
 
-def check_weights_fit(config, model: str) -> None:
-    """InputError when ``config``'s float32 weights (and a second copy while they are cut into shards)
-    would not fit in memory: refused before the first array is made, so a shard is never left swapping."""
+def check_weights_fit(n_params: int, model: str,
+                      advice: str = "give a smaller model, or compute device:NAME to model it without weights") -> None:
+    """InputError when ``n_params`` float32 weights (and a second copy while they are converted and cut into
+    shards) would not fit in memory: refused before the first array is made, so a shard is never left swapping."""
     from meshemu.resources import memory_problem
 
-    problem = memory_problem(config.n_params * 4 * 2, f"{model} ({config.n_params / 1e9:.3g} G parameters, float32)",
-                             "give a smaller model, or compute device:NAME to model it without weights")
+    problem = memory_problem(n_params * 4 * 2, f"{model} ({n_params / 1e9:.3g} G parameters, float32)", advice)
     if problem:
         raise InputError(problem)
+
+
+def checkpoint_elements(path) -> int | None:
+    """Weights in a checkpoint (a Hugging Face directory or a GGUF file), from its header; None if absent."""
+    if path.is_dir():
+        from meshemu.model.hf import tensor_elements
+
+        return tensor_elements(path)
+    if path.is_file():
+        from meshemu.model.gguf import tensor_elements
+
+        return tensor_elements(path)
+    return None  # load_model says what is missing
 
 
 def load_source(model: str):
@@ -141,16 +155,21 @@ def load_source(model: str):
             config = tiny_config(arch, **changes)
         except (TypeError, ValueError) as err:
             raise InputError(f"bad tiny-model setting in {model!r}: {err}") from None
-        check_weights_fit(config, model)
+        check_weights_fit(config.n_params, model)
         return config, random_weights(config, seed=seed)
     if model.startswith("preset:"):
         name = model.partition(":")[2]
         if name not in PRESETS:
             raise InputError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
         return PRESETS[name], None
-    from meshemu.model.load import load_model
+    from meshemu.model.load import default_model_path, load_model
 
-    weights = load_model(model or None).weights
+    path = Path(model) if model else default_model_path()
+    n_params = checkpoint_elements(path)
+    if n_params is not None:  # every weight is read whole into float32, whatever the file stores
+        check_weights_fit(n_params, str(path), "give a smaller model, or its shape as preset:NAME with compute "
+                                               "device:NAME to model it without weights")
+    weights = load_model(path).weights
     return weights.config, weights
 
 

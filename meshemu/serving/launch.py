@@ -1,9 +1,10 @@
-"""Starting shard processes: on loopback, or inside the emulated mesh's namespaces.
+"""Starting shard processes: on loopback, or wherever a caller's command prefix puts them.
 
 Both run ``python -m meshemu.serving.shard --bind IP:0`` and read back the
-``READY IP:PORT`` line; in the mesh the command is prefixed with ``nsenter
---net=/run/netns/NAME`` and binds the node's own address (the one routes
-carry). Children get ``OPENBLAS_NUM_THREADS=1`` and die with the thread that
+``READY IP:PORT`` line. The deployment puts a shard inside a satellite's
+namespace by giving the command prefix that enters it, and binds the node's
+own address (the one routes carry); serving itself knows nothing of
+namespaces. Children get ``OPENBLAS_NUM_THREADS=1`` and die with the thread that
 started them (PR_SET_PDEATHSIG): start them from a thread that outlives them
 (the main thread), and :meth:`ShardProcesses.close` them in a ``finally``.
 """
@@ -18,8 +19,6 @@ import tempfile
 import time
 
 from meshemu.errors import CapabilityError, InputError
-
-NETNS_DIR = "/run/netns"
 
 
 def shard_env() -> dict:
@@ -42,9 +41,9 @@ class ShardProcesses:
         self.close()
         return False
 
-    def spawn(self, argv: list[str], *, namespace: str | None = None, **popen) -> subprocess.Popen:
-        """Start ``argv`` (in network namespace ``namespace``); a file given as ``stderr`` stays readable."""
-        prefix = [] if namespace is None else ["nsenter", f"--net={NETNS_DIR}/{namespace}"]
+    def spawn(self, argv: list[str], *, prefix=(), **popen) -> subprocess.Popen:
+        """Start ``prefix + argv`` (a prefix such as ``nsenter --net=...``); a file given as ``stderr`` stays readable."""
+        prefix = list(prefix)
         popen.setdefault("env", shard_env())
         err_file = popen.get("stderr")
         proc = subprocess.Popen(prefix + argv, **popen)
@@ -52,9 +51,10 @@ class ShardProcesses:
         self.procs.append(proc)
         return proc
 
-    def start_shards(self, binds: list[str], *, nodes=None, namespaces=None, step_timeout_s: float = 10.0,
+    def start_shards(self, binds: list[str], *, nodes=None, prefixes=None, step_timeout_s: float = 10.0,
                      timeout_s: float = 60.0, extra_args=()) -> list[str]:
-        """Start one shard per ``binds`` entry (``IP:0``), all at once; return their addresses."""
+        """Start one shard per ``binds`` entry (``IP:0``), all at once, each behind its command prefix
+        (``prefixes[k]``); return their addresses."""
         procs = []
         for k, bind in enumerate(binds):
             argv = [sys.executable, "-m", "meshemu.serving.shard", "--bind", bind,
@@ -62,7 +62,7 @@ class ShardProcesses:
             if nodes:
                 argv += ["--node", nodes[k]]
             # stderr to a file: a pipe nobody reads would block the shard once it filled.
-            procs.append(self.spawn(argv, namespace=namespaces[k] if namespaces else None,
+            procs.append(self.spawn(argv, prefix=prefixes[k] if prefixes else (),
                                     stdout=subprocess.PIPE, stderr=tempfile.TemporaryFile("w+"), text=True))  # noqa: SIM115 - closed in close()
         return [self._ready(p, bind, timeout_s) for p, bind in zip(procs, binds)]
 

@@ -34,7 +34,7 @@ class TokenRecord:
     cycle_s: float        # head: since the previous token (first: since the request reached the head)
     compute_s: float      # summed over stages
     collective_s: float   # summed over stages
-    wall_time: float = 0.0  # time.time() at arrival, to find the emulation step in force
+    clock_s: float = 0.0  # time.monotonic() at arrival: the clock the player steps by (one per host)
 
     @property
     def hop_s(self) -> float:
@@ -49,12 +49,12 @@ class RequestRecord:
     tokens: list = field(default_factory=list)
     stop_reason: str = ""
     error: str = ""
-    sent_wall_time: float = 0.0
+    sent_clock_s: float = 0.0  # time.monotonic() when sent
     stage_compute_s: list = field(default_factory=list)  # per token: [stage0, stage1, ...]
 
-    def add_token(self, index, token, arrival_s, *, cycle_s, compute_s, collective_s, wall_time=0.0,
+    def add_token(self, index, token, arrival_s, *, cycle_s, compute_s, collective_s, clock_s=0.0,
                   stage_compute_s=None) -> None:
-        self.tokens.append(TokenRecord(index, int(token), arrival_s, cycle_s, compute_s, collective_s, wall_time))
+        self.tokens.append(TokenRecord(index, int(token), arrival_s, cycle_s, compute_s, collective_s, clock_s))
         if stage_compute_s is not None:
             self.stage_compute_s.append(list(stage_compute_s))
 
@@ -99,7 +99,7 @@ class RequestRecord:
     def token_rows(self) -> list[dict]:
         return [{"index": t.index, "token": t.token, "arrival_s": t.arrival_s, "cycle_s": t.cycle_s,
                  "compute_s": t.compute_s, "collective_s": t.collective_s, "hop_s": t.hop_s,
-                 "wall_time": t.wall_time} for t in self.tokens]
+                 "clock_s": t.clock_s} for t in self.tokens]
 
 
 class JsonLines:

@@ -15,16 +15,15 @@ prefixes the shell letter).
 
 >>> from meshemu.constellation import load_constellation, default_ground_stations, TimeGrid
 >>> from meshemu.links import compute_link_series
+>>> from meshemu.routing import ForwardingStates
 >>> c = load_constellation("demo")
 >>> s = compute_link_series(c, default_ground_stations()[:20], TimeGrid.from_window(c.epoch_utc, start_s=0, duration_s=1, step_s=1))
->>> paths = MeshPaths(s)
->>> place("plane", 3, paths, "Tokyo")
+>>> routes = ForwardingStates(s)
+>>> place("plane", 3, s, routes, "Tokyo")
 ['p02s03', 'p02s04', 'p02s05']
->>> place("spread", 3, paths, "Tokyo")
+>>> place("spread", 3, s, routes, "Tokyo")
 ['p02s03', 'p03s03', 'p04s03']
->>> paths.route(0, "Tokyo", "p02s05"), round(paths.one_way_s(0, "Tokyo", "p02s03") * 1e3, 2)
-(['Tokyo', 'p02s03', 'p02s04', 'p02s05'], 5.22)
->>> place("list:p00s01,p07s07", 2, paths, "Tokyo")
+>>> place("list:p00s01,p07s07", 2, s, routes, "Tokyo")
 ['p00s01', 'p07s07']
 """
 
@@ -32,50 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from meshemu.constants import SPEED_OF_LIGHT_M_PER_S
-from meshemu.emulation.naming import plan_mesh
 from meshemu.errors import InputError
-from meshemu.routing import forwarding_state
 
 STRATEGIES = ("plane", "spread", "nearest", "list:NAMES")
-
-
-class MeshPaths:
-    """Short node names, and path delays and routes between nodes at any step of ``series`` (cached)."""
-
-    def __init__(self, series):
-        self.series = series
-        plan = plan_mesh(series.node_names, series.n_satellites, series.links, series.places(), "x")
-        self.names = plan.node_names
-        self._plan = plan
-        self._states: dict = {}
-
-    def node(self, name) -> int:
-        return self._plan.node(name)
-
-    def state(self, k: int):
-        if k not in self._states:
-            if len(self._states) > 64:
-                self._states.clear()
-            self._states[k] = forwarding_state(self.series, k)
-        return self._states[k]
-
-    def one_way_s(self, k: int, a, b) -> float:
-        """Propagation delay of the routed path from ``a`` to ``b`` at step ``k`` (inf: no path)."""
-        _, length_m = self.state(k)
-        return float(length_m[self.node(a), self.node(b)]) / SPEED_OF_LIGHT_M_PER_S
-
-    def route(self, k: int, a, b) -> list[str]:
-        """Node names along the routed path from ``a`` to ``b`` at step ``k`` (empty: no path)."""
-        next_hop, _ = self.state(k)
-        u, d = self.node(a), self.node(b)
-        out = [self.names[u]]
-        while u != d:
-            u = int(next_hop[u, d])
-            if u < 0 or len(out) > len(self.names):
-                return []
-            out.append(self.names[u])
-        return out
 
 
 def check_strategy(strategy) -> str:
@@ -101,14 +59,17 @@ def check_strategy(strategy) -> str:
     return strategy
 
 
-def place(strategy: str, n_ranks: int, paths: MeshPaths, ground_station: str, *, step: int = 0) -> list[str]:
-    """Satellite names for ``n_ranks`` ranks by ``strategy`` (see the module doc)."""
+def place(strategy: str, n_ranks: int, series, routes, ground_station, *, step: int = 0) -> list[str]:
+    """Satellite short names for ``n_ranks`` ranks by ``strategy`` (see the module doc).
+
+    ``routes`` is the run's :class:`~meshemu.routing.ForwardingStates`: the
+    anchor is the satellite nearest the ground station by routed path at ``step``.
+    """
     check_strategy(strategy)
-    s = paths.series
-    n_sat = s.n_satellites
+    n_sat = series.n_satellites
     if n_ranks < 1:
         raise InputError(f"need at least one rank, got {n_ranks}")
-    sat_names = list(paths.names[:n_sat])
+    sat_names = list(series.short_names[:n_sat])
     if strategy.startswith("list:"):
         names = [x.strip() for x in strategy[5:].split(",") if x.strip()]
         unknown = [x for x in names if x not in sat_names]
@@ -119,19 +80,17 @@ def place(strategy: str, n_ranks: int, paths: MeshPaths, ground_station: str, *,
         return names
     if n_ranks > n_sat:
         raise InputError(f"{n_ranks} ranks for {n_sat} satellites")
-    gs = paths.node(ground_station)
-    _, length_m = paths.state(step)
+    gs = series.short_index(ground_station)
+    _, length_m = routes.state(step)
     dist = length_m[gs, :n_sat]
     if not np.isfinite(dist).any():
-        raise InputError(f"{ground_station} reaches no satellite at step {step}")
+        raise InputError(f"{series.short_names[gs]} reaches no satellite at step {step}")
     if strategy == "nearest":
         return [sat_names[i] for i in np.argsort(dist, kind="stable")[:n_ranks]]
-    if strategy not in ("plane", "spread"):
-        raise InputError(f"unknown placement {strategy!r}: use {', '.join(STRATEGIES)}")
-    places = s.places()
+    places = series.places()
     if (places[:, 1:] < 0).any():
-        raise InputError(f"{s.constellation} has no plane/slot grid: use --placement nearest or list:")
-    anchor = int(np.nanargmin(np.where(np.isfinite(dist), dist, np.inf)))
+        raise InputError(f"{series.constellation} has no plane/slot grid: use --placement nearest or list:")
+    anchor = int(np.argmin(np.where(np.isfinite(dist), dist, np.inf)))
     shell = places[anchor, 0]
     grid = {(int(p), int(q)): i for i, (sh, p, q) in enumerate(places) if sh == shell}
     planes = 1 + max(p for p, _ in grid)

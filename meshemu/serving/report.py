@@ -36,7 +36,7 @@ class RunContext:
     overhead_s: float = DEFAULT_OVERHEAD_S
     bandwidth_Bps: float = DEFAULT_BANDWIDTH_BPS
     one_way_at: Callable = lambda step: _zero     # step -> (a, b) -> one-way delay s
-    step_at: Callable = lambda wall_time: 0       # time.time() -> step in force
+    step_at: Callable = lambda clock_s: 0         # time.monotonic() -> step in force
     route_at: Callable | None = None              # (step, a, b) -> [node names]
 
     def pairs(self) -> list[tuple[str, int, int]]:
@@ -80,7 +80,7 @@ def analyse(record, ctx: RunContext) -> tuple[dict, list, list, Prediction | Non
     per_stage = list(zip(*record.stage_compute_s[1:])) or list(zip(*record.stage_compute_s))
     stage_compute = [statistics.median(s) for s in per_stage]
     prefill = list(record.stage_compute_s[0])
-    steps = [ctx.step_at(t["wall_time"]) for t in tokens]
+    steps = [ctx.step_at(t["clock_s"]) for t in tokens]
     token_rows, cycles = [], []
     preds = {}
     for t, k in zip(tokens, steps):

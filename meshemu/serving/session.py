@@ -1,10 +1,11 @@
-"""A serving session, whatever drives it: the model's description, the context its predictions need,
-and a run inside an emulated mesh. Used by ``meshemu generate`` and by the experiment runner.
+"""A serving session, whatever drives it: the model's description and the context its predictions need.
+
+Used by ``meshemu generate`` and by the experiment runner, on loopback or in a
+mesh; where the ranks ran reaches the predictor through ``where``, any object
+with ``one_way_at``, ``step_at`` and ``route_at`` (a deployment has them).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 
 def describe_model(model):
@@ -42,9 +43,9 @@ def describe_model(model):
 
 
 
-def make_context(config, device, *, tp: int, pp: int, allreduce: str, rank_nodes, client_node, paths=None, run=None,
+def make_context(config, device, *, tp: int, pp: int, allreduce: str, rank_nodes, client_node, where=None,
                  hop_overhead_ms: float | None = None):
-    """What the predictor needs about a layout and where its ranks sit (paths and run: in a mesh)."""
+    """What the predictor needs about a layout and where its ranks sit (``where``: in a mesh)."""
     from meshemu.model.partition import pipeline_ranges
     from meshemu.serving.predict import DEFAULT_OVERHEAD_S
     from meshemu.serving.report import RunContext
@@ -53,48 +54,6 @@ def make_context(config, device, *, tp: int, pp: int, allreduce: str, rank_nodes
     ctx = RunContext(tp=tp, pp=pp, algorithm=allreduce, layers=layers, rank_nodes=list(rank_nodes),
                      client_node=client_node, activation_bytes=config.hidden_size * (2 if device else 4),
                      overhead_s=(hop_overhead_ms / 1e3) if hop_overhead_ms is not None else DEFAULT_OVERHEAD_S)
-    if paths is not None:
-        delayed = run.backend != "none"
-        ctx.one_way_at = (lambda k: (lambda a, b: paths.one_way_s(k, a, b))) if delayed else (lambda k: (lambda a, b: 0.0))
-        ctx.step_at = run.step_at
-        ctx.route_at = paths.route
+    if where is not None:
+        ctx.one_way_at, ctx.step_at, ctx.route_at = where.one_way_at, where.step_at, where.route_at
     return ctx
-
-
-@dataclass
-class MeshSession:
-    """Where a run in the mesh put things, and what it recorded."""
-
-    rank_nodes: list
-    ground_station: str
-    paths: object  # placement.MeshPaths
-    run: object  # mesh.MeshRun
-    info: dict
-
-
-def run_in_mesh(series, job: dict, *, ground_station: str, placement: str, shaper: str = "auto",
-                time_scale: float = 1.0, step_timeout_s: float = 10.0, on_event=None, on_step=None,
-                prefix: str | None = None, log=None, paths=None) -> MeshSession:
-    """Place the ranks, then serve ``job`` from ``ground_station`` inside the emulated mesh of ``series``.
-
-    ``paths`` (a :class:`~meshemu.serving.placement.MeshPaths` of ``series``) may be passed in
-    when the caller has one already: its routing states are cached.
-    """
-    from meshemu.serving.mesh import serve_in_mesh
-    from meshemu.serving.placement import MeshPaths, place
-
-    paths = paths or MeshPaths(series)
-    gs = paths.names[paths.node(ground_station)]
-    n_ranks = job["plan"]["tp"] * job["plan"]["pp"]
-    rank_nodes = place(placement, n_ranks, paths, gs)
-    if log:
-        log(f"placement {placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(rank_nodes))
-            + f"; client at {gs}")
-    run = serve_in_mesh(series, job, ground_station=gs, rank_nodes=rank_nodes, shaper=shaper, time_scale=time_scale,
-                        step_timeout_s=step_timeout_s, on_event=on_event, on_step=on_step, prefix=prefix, log=log)
-    if run.backend == "none" and log:
-        log("shaper none: links carry no delay; predictions use zero path delays")
-    info = {"mode": "mesh", "constellation": series.constellation, "ground_station": gs, "placement": placement,
-            "rank_nodes": rank_nodes, "addresses": run.addresses, "backend": run.backend,
-            "time_scale": time_scale, "player": run.play_summary}
-    return MeshSession(rank_nodes, gs, paths, run, info)

@@ -43,6 +43,7 @@ from meshemu.serving.transport import SERVER_OPTIONS, Links, frames
 
 DEFAULT_STEP_TIMEOUT_S = 10.0
 POLL_S = 0.1
+STOP_WAIT_S = 1.0  # how long a stopped Load may take to unwind before its RPC answers anyway
 
 
 class Shard(pb_grpc.ShardServicer):
@@ -57,21 +58,34 @@ class Shard(pb_grpc.ShardServicer):
         self.step_timeout_s = step_timeout_s
         self.max_sessions = max_sessions
         self.started = time.monotonic()
-        self.links = Links()
+        self.links = Links(on_refused=self._refused_by_peer)
         self.layout: Layout | None = None
         self.rank = 0
         self.compute = None
         self.algorithm = "ring"
         self.load_info: dict = {}
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one Load at a time
+        self._loader: Loader | None = None
         self.sessions: dict[str, Session] = {}
         self.ended: OrderedDict = OrderedDict()
         self.head_requests: dict[str, queue.Queue] = {}
         self.counters = {"frames_in": 0, "bytes_in": 0, "requests": 0, "requests_failed": 0,
-                         "sessions": 0, "session_errors": 0, "rejected_tensors": 0, "dropped_frames": 0}
+                         "sessions": 0, "session_errors": 0, "rejected_tensors": 0, "dropped_frames": 0,
+                         "refused_by_peers": 0}
 
     # -- RPCs ------------------------------------------------------------------------------
     def Load(self, request, context):
+        with self._lock:
+            running = self._loader
+        if running is not None:
+            running.stop("a newer Load arrived", grpc.StatusCode.ABORTED)  # the newest plan wins
+        with self._load_lock:
+            return self._load(request, context)
+
+    def _load(self, request, context):
+        # Forget the old model first: its memory is needed for the new one, and a Load that fails leaves none.
+        self._unload()
         try:
             layout = Layout(tuple(request.ranks), request.tp_size, request.n_stages)
             if request.rank >= layout.size:
@@ -79,30 +93,46 @@ class Shard(pb_grpc.ShardServicer):
             algorithm = request.allreduce or "ring"
             if algorithm not in ALGORITHMS:
                 raise InputError(f"unknown all-reduce {algorithm!r}: use {' or '.join(ALGORITHMS)}")
-            t0 = time.perf_counter()
-            stage, tp_rank = layout.stage_of(request.rank), layout.tp_rank_of(request.rank)
-            compute = make_compute(request.model, request.compute or "real", stage=stage,
-                                   n_stages=layout.n_stages, tp_rank=tp_rank, tp_size=layout.tp_size,
-                                   peak_flops=request.peak_flops, peak_bandwidth_Bps=request.peak_bandwidth_Bps)
-            load_s = time.perf_counter() - t0
         except MeshemuError as err:
-            self._unload()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.node}: {err}")
-        except MemoryError:
-            self._unload()
+        stage, tp_rank = layout.stage_of(request.rank), layout.tp_rank_of(request.rank)
+        budget_s = _load_budget_s(context.time_remaining())
+        t0 = time.perf_counter()
+        loader = Loader(lambda: make_compute(request.model, request.compute or "real", stage=stage,
+                                             n_stages=layout.n_stages, tp_rank=tp_rank, tp_size=layout.tp_size,
+                                             peak_flops=request.peak_flops,
+                                             peak_bandwidth_Bps=request.peak_bandwidth_Bps))
+        with self._lock:
+            self._loader = loader
+        try:
+            self._wait_load(loader, budget_s, context)
+        finally:
+            with self._lock:
+                if self._loader is loader:
+                    self._loader = None
+        load_s = time.perf_counter() - t0
+        if loader.stopped:
+            context.abort(loader.stopped_code, f"{self.node}: the Load of {request.model} was stopped "
+                                               f"({loader.stopped}) and nothing is loaded")
+        if isinstance(loader.error, MeshemuError):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{self.node}: {loader.error}")
+        if isinstance(loader.error, MemoryError):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"{self.node}: out of memory loading {request.model}: give a smaller model or more ranks")
+        if loader.error is not None:
+            raise loader.error
+        compute = loader.result
+        connect_s = min(10.0, self.step_timeout_s)
+        if budget_s is not None:
+            connect_s = max(0.1, min(connect_s, budget_s - load_s))
+        unreached = self._connect_peers(layout, request.rank, timeout_s=connect_s)
+        if unreached:
+            # a shard that cannot reach its peers must not say loaded=True and accept requests that then hang
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node}: cannot reach {', '.join(unreached)}")
         with self._lock:
-            for s in self.sessions.values():
-                s.put(pb.Frame(kind=Kind.END), None)
             self.layout, self.rank, self.compute, self.algorithm = layout, request.rank, compute, algorithm
             if request.node:
                 self.node = request.node
-        connected = self._connect_peers(timeout_s=min(10.0, self.step_timeout_s))
-        if connected:
-            # a shard that cannot reach its peers must not say loaded=True and accept requests that then hang
-            self._unload()
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node}: cannot reach {', '.join(connected)}")
         spec = compute.spec
         self.load_info = {"model": compute.config.name, "compute": compute.kind, "stage": stage, "tp_rank": tp_rank,
                           "layers": [spec.layer_start, spec.layer_stop], "load_s": load_s}
@@ -112,16 +142,31 @@ class Shard(pb_grpc.ShardServicer):
                             weight_bytes=int(compute.weight_bytes), model_name=compute.config.name,
                             config_json=json.dumps(compute.config.to_dict()))
 
+    def _wait_load(self, loader: "Loader", budget_s: float | None, context) -> None:
+        """Wait for ``loader``; stop it at the deadline or when the client leaves, then give it a moment to unwind."""
+        t0 = time.monotonic()
+        while not loader.wait(POLL_S):
+            if budget_s is not None and time.monotonic() - t0 > budget_s:
+                loader.stop(f"it took longer than the {budget_s:.3g} s left before the client's deadline: "
+                            "give the Load a longer deadline or load a smaller model",
+                            grpc.StatusCode.DEADLINE_EXCEEDED)
+            elif not context.is_active():
+                loader.stop("the client cancelled it or went away", grpc.StatusCode.CANCELLED)
+            if loader.stopped:
+                # the stop lands between two numpy calls; its frames unwind and free what was made so far
+                loader.wait(STOP_WAIT_S)
+                return
+
     def _unload(self) -> None:
-        """Forget the model after a failed Load: Health says loaded=False and Generate is refused."""
+        """Forget the model: Health says loaded=False, Generate is refused and peers' frames are answered."""
         with self._lock:
             for sess in self.sessions.values():
                 sess.put(pb.Frame(kind=Kind.END), None)
             self.layout, self.compute, self.load_info = None, None, {}
 
-    def _connect_peers(self, timeout_s: float) -> list[str]:
-        """Open the streams to every peer this rank will send to (in parallel); return those not reached."""
-        peers = [self.layout.ranks[r] for r in self.layout.peers(self.rank)]
+    def _connect_peers(self, layout: Layout, rank: int, timeout_s: float) -> list[str]:
+        """Open the streams to every peer ``rank`` will send to (in parallel); return those not reached."""
+        peers = [layout.ranks[r] for r in layout.peers(rank)]
         if not peers:
             return []
         with futures.ThreadPoolExecutor(max_workers=len(peers)) as pool:
@@ -129,20 +174,29 @@ class Shard(pb_grpc.ShardServicer):
         return [f"{a} (not connected within {timeout_s:g} s)" for a, good in zip(peers, ok) if not good]
 
     def Exchange(self, request_iterator, context):
+        """Take a peer's frames; answer only a refused one, with an Ack that names its request and why."""
         asm = Assembler(self.max_tensor_bytes, self.budget)
-        head = None
         try:
-            yield from self._exchange(request_iterator, asm, head, context)
+            yield from self._exchange(request_iterator, asm)
         finally:
             asm.reset()  # a stream that ends mid-tensor gives its bytes back to the budget
 
-    def _exchange(self, request_iterator, asm, head, context):
+    def _exchange(self, request_iterator, asm):
+        head = None      # the first frame of the tensor being received, without its data
+        skipping = ""    # request id of a refused chunked tensor: its later chunks are dropped unread
+        told: OrderedDict = OrderedDict()  # requests already answered on this stream: one Ack each
         for frame in request_iterator:
             self.counters["frames_in"] += 1
+            first = head if head is not None else frame
             try:
                 if frame.HasField("tensor"):
                     self.counters["bytes_in"] += len(frame.tensor.data)
+                    if head is None and skipping and frame.request_id == skipping and frame.tensor.chunk > 0:
+                        self.counters["dropped_frames"] += 1
+                        continue
+                    skipping = ""
                     if head is None:
+                        self._refuse_if_unloaded(frame)
                         head = pb.Frame()
                         head.CopyFrom(frame)
                         head.ClearField("tensor")
@@ -151,18 +205,36 @@ class Shard(pb_grpc.ShardServicer):
                         continue
                     meta, head = head, None
                 else:
+                    skipping = ""
+                    self._refuse_if_unloaded(frame)
                     meta, array = frame, None
                 self.deliver(meta, array)
             except TensorError as err:
                 self.counters["rejected_tensors"] += 1
-                rid, head = (head.request_id if head is not None else frame.request_id), None
+                rid, src = first.request_id, first.src_rank
+                head = None
                 asm.reset()
-                if self.layout is None:
-                    # no request here to fail and no head to tell: the one to tell is whoever sent it
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"{self.node}: rejected a tensor (no model is loaded): {err}")
-                self.fail_request(rid, f"rejected a tensor from rank {frame.src_rank}: {err}")
-        return iter(())
+                if frame.HasField("tensor") and frame.tensor.n_chunks > 1:
+                    skipping = rid
+                what = "a tensor" if first.HasField("tensor") else f"a {_kind_name(first.kind)} frame"
+                message = self._where() + f": rejected {what} from rank {src} (request {rid}): {err}"
+                self.fail_request(rid, message)
+                if rid not in told:
+                    told[rid] = True
+                    while len(told) > 64:
+                        told.popitem(last=False)
+                    yield pb.Ack(request_id=rid, error=message)
+
+    def _refuse_if_unloaded(self, frame) -> None:
+        """Refuse the start of a message this shard cannot use: with no model, nothing would ever answer it."""
+        if self.layout is None and frame.kind not in (Kind.END, Kind.ERROR):
+            raise TensorError(f"no model is loaded here (it was restarted or its Load failed), so its "
+                              f"{_kind_name(frame.kind)} frame was dropped: load the plan again")
+
+    def _where(self) -> str:
+        if self.layout is None:
+            return f"{self.node} ({self.address}, no model loaded)"
+        return f"rank {self.rank} (stage {self.layout.stage_of(self.rank)}, {self.node}, {self.address})"
 
     def Generate(self, request, context):
         if self.layout is None:
@@ -323,23 +395,102 @@ class Shard(pb_grpc.ShardServicer):
                 self.ended.popitem(last=False)
 
     def report_error(self, rid: str, message: str) -> None:
-        where = f"rank {self.rank} (stage {self.layout.stage_of(self.rank)}, {self.node}, {self.address})"
-        self.send([0], pb.Frame(kind=Kind.ERROR, request_id=rid, src_rank=self.rank, error=f"{where}: {message}"))
+        self.send([0], pb.Frame(kind=Kind.ERROR, request_id=rid, src_rank=self.rank,
+                                error=f"{self._where()}: {message}"))
 
     def fail_request(self, rid: str, message: str) -> None:
-        if self.layout is None:
+        """End the request here and tell the head ``message`` (already saying where it happened)."""
+        with self._lock:
+            layout = self.layout
+        if layout is None:
             return
         s = self._session(rid, create=False)
         if s is not None:
             s.put(pb.Frame(kind=Kind.END), None)
-        self.report_error(rid, message)
+        self.send([0], pb.Frame(kind=Kind.ERROR, request_id=rid, src_rank=self.rank, error=message))
+
+    def _refused_by_peer(self, rid: str, error: str) -> None:
+        """A peer refused a frame this shard sent: fail that request with the peer's reason, not a timeout."""
+        self.counters["refused_by_peers"] += 1
+        self.fail_request(rid, error)
 
     def close(self) -> None:
+        with self._lock:
+            running = self._loader
+        if running is not None:
+            running.stop("the shard is shutting down", grpc.StatusCode.UNAVAILABLE)
         self.links.close()
+
+
+def _kind_name(kind: int) -> str:
+    return Kind.Name(kind) if kind in Kind.values() else f"kind {kind}"  # proto3 enums let any number in
 
 
 class _ClientGone(Exception):
     """The client cancelled or its deadline passed: stop the request quietly."""
+
+
+def _load_budget_s(time_remaining_s: float | None) -> float | None:
+    """How long a Load may build its model: up to a little before the client's deadline, so that the
+    reply saying why it stopped still reaches the client (None: the client set no deadline).
+
+    >>> _load_budget_s(None), _load_budget_s(2.0), round(_load_budget_s(300.0), 3)
+    (None, 1.6, 299.5)
+    """
+    if time_remaining_s is None:
+        return None
+    return max(0.0, time_remaining_s - min(0.5, 0.2 * time_remaining_s))
+
+
+class _LoadStopped(BaseException):
+    """Raised inside a loading thread to stop it; a BaseException, so no ``except Exception`` on the way keeps it."""
+
+
+class Loader:
+    """Runs ``fn`` (building a model) in its own thread, so that the Load can stop it at its deadline.
+
+    Python cannot kill a thread, and the model builders have no cancel hook, so :meth:`stop` raises
+    :class:`_LoadStopped` inside the thread (``PyThreadState_SetAsyncExc``). It lands at the next Python
+    instruction, i.e. after the numpy call in progress, and unwinding the builder's frames frees every
+    array made so far. At most one stop is ever sent, and only while ``fn`` runs.
+    """
+
+    def __init__(self, fn):
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._running = True
+        self.result = None
+        self.error: BaseException | None = None
+        self.stopped = ""  # why it was stopped
+        self.stopped_code = grpc.StatusCode.ABORTED
+        self.thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            try:
+                self.result = self._fn()
+            finally:
+                with self._lock:
+                    self._running = False
+        except _LoadStopped:
+            self.result = None
+        except BaseException as err:  # noqa: BLE001 - handed to the Load, which turns it into a status
+            self.error = err
+
+    def wait(self, timeout_s: float) -> bool:
+        """True once the thread has ended."""
+        self.thread.join(timeout_s)
+        return not self.thread.is_alive()
+
+    def stop(self, why: str, code: grpc.StatusCode) -> None:
+        """Stop the build; the Load then answers ``code`` with ``why``. Nothing happens once ``fn`` returned."""
+        with self._lock:
+            if not self._running or self.stopped:
+                return
+            self.stopped, self.stopped_code = why, code
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
+                                                       ctypes.py_object(_LoadStopped))
 
 
 # -- the process ------------------------------------------------------------------------------
@@ -421,8 +572,8 @@ def main(argv=None) -> int:
     # at exit (the executor joins its threads): stop serving, then leave at once so SIGTERM ends a shard
     # within a second whatever it was doing.
     threading.Timer(1.0, lambda: os._exit(0)).start()
+    shard.close()  # first: a Load in progress is stopped, and its client told why within the grace below
     server.stop(0.5).wait()
-    shard.close()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

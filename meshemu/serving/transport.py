@@ -11,13 +11,17 @@ A :class:`PeerLink` is one persistent bidirectional ``Exchange`` stream to a
 peer, used one way: frames put on it arrive in order. When the stream breaks
 (the peer died, keepalive gave up on a dead path) the next send opens a new
 one; frames lost with the old stream are the application's to notice (every
-wait has a timeout).
+wait has a timeout). A frame the peer refuses (a malformed or oversized
+tensor, no model loaded there) comes back as an :class:`Ack` naming the
+request and why, and is handed to ``on_refused(request_id, error)`` so the
+sender fails that request at once instead of waiting for a timeout.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 
 import grpc
 
@@ -80,17 +84,23 @@ def frames(meta: pb.Frame, array=None) -> list:
     return out
 
 
+#: Told of each frame a peer refused: ``(request_id, error)``; runs on the link's reader thread.
+OnRefused = Callable[[str, str], None]
+
+
 class PeerLink:
     """A persistent one-way stream of :class:`Frame` messages to the shard at ``address``."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, on_refused: OnRefused | None = None):
         self.address = address
+        self.on_refused = on_refused
         self.channel, self.stub = stub(address)
         self._lock = threading.Lock()
         self._queue = None
         self.last_error = ""
         self.frames_sent = 0
         self.bytes_sent = 0
+        self.refused = 0
 
     def send(self, batch: list) -> None:
         """Queue ``batch`` (frames of one message, kept together) on the stream; never blocks on the network."""
@@ -131,8 +141,9 @@ class PeerLink:
     def _drain(self, call, q) -> None:
         error = ""
         try:
-            for _ in call:
-                pass
+            for ack in call:
+                if ack.error:
+                    self._refused(ack)
         except grpc.RpcError as err:
             error = f"{err.code().name}: {err.details()}"
         with self._lock:
@@ -140,6 +151,16 @@ class PeerLink:
                 self._queue = None
                 self.last_error = error
         q.put(None)
+
+    def _refused(self, ack) -> None:
+        self.refused += 1
+        self.last_error = ack.error
+        if self.on_refused is None:
+            return
+        try:
+            self.on_refused(ack.request_id, ack.error)
+        except Exception as err:  # noqa: BLE001 - the reader must outlive a failing handler, or the link dies
+            self.last_error = f"handling a refusal failed: {type(err).__name__}: {err}"
 
     def close(self) -> None:
         with self._lock:
@@ -152,7 +173,8 @@ class PeerLink:
 class Links:
     """One :class:`PeerLink` per peer address, made on first use."""
 
-    def __init__(self):
+    def __init__(self, on_refused: OnRefused | None = None):
+        self.on_refused = on_refused
         self._links: dict[str, PeerLink] = {}
         self._lock = threading.Lock()
 
@@ -160,7 +182,7 @@ class Links:
         with self._lock:
             link = self._links.get(address)
             if link is None:
-                link = self._links[address] = PeerLink(address)
+                link = self._links[address] = PeerLink(address, self.on_refused)
             return link
 
     def send(self, address: str, meta: pb.Frame, array=None) -> None:
@@ -168,7 +190,7 @@ class Links:
 
     def stats(self) -> dict:
         with self._lock:
-            return {a: {"frames_sent": link.frames_sent, "bytes_sent": link.bytes_sent,
+            return {a: {"frames_sent": link.frames_sent, "bytes_sent": link.bytes_sent, "refused": link.refused,
                         "last_error": link.last_error} for a, link in self._links.items()}
 
     def close(self) -> None:

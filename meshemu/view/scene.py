@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshemu.constants import SPEED_OF_LIGHT_M_PER_S
-from meshemu.emulation.naming import plan_mesh
 from meshemu.errors import InputError
 from meshemu.routing import shortest_route, split_graph
 
@@ -68,11 +67,6 @@ def great_circle_m(a_m: np.ndarray, b_m: np.ndarray) -> float:
 
 def _b64(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
-
-
-def short_names(series) -> tuple[str, ...]:
-    """The emulation's host names (``p03s12``, ``NewYork``), the names results folders and the CLI use."""
-    return plan_mesh(series.node_names, series.n_satellites, series.links, series.places(), "x").node_names
 
 
 def _node(series, names, name) -> int:
@@ -157,7 +151,7 @@ def build_scene(series, *, pairs=(), placement: Placement | None = None, title: 
     """
     if series.n_steps < 1:
         raise InputError("the link series has no steps")
-    names = short_names(series)
+    names = series.short_names
     ids = [(_node(series, names, a), _node(series, names, b)) for a, b in pairs] or default_pairs(series, names)
     n = series.n_satellites
     sat_m = series.positions_m[:, :n].astype(np.float64)  # (T, N, 3)

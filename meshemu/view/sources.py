@@ -58,13 +58,13 @@ def _results_folder(folder: Path) -> ViewSource:
     if (folder / SERIES_FILE).exists():
         series = LinkSeries.load(folder / SERIES_FILE)
     else:
-        from meshemu.experiments.runner import build_series
+        from meshemu.experiments.plan import build_series
 
         series = build_series(spec)
     meta = json.loads(run_json.read_text()) if run_json.exists() else {}
-    ranks = meta.get("placement") or {}
-    placement = Placement(tuple(ranks[k] for k in sorted(ranks, key=int)), spec.parallelism.tp,
-                          spec.parallelism.pp, meta.get("client") or spec.ground_station) if ranks else None
+    ranks = _rank_nodes(meta)
+    placement = Placement(ranks, spec.parallelism.tp, spec.parallelism.pp,
+                          meta.get("client") or spec.ground_station) if ranks else None
     pairs = []
     if (folder / "routes.csv").exists():
         with open(folder / "routes.csv") as f:
@@ -74,6 +74,16 @@ def _results_folder(folder: Path) -> ViewSource:
                     pairs.append(pair)
     pairs += [tuple(p) for p in spec.probes if tuple(p) not in pairs]
     return ViewSource(series, tuple(pairs), placement, spec.name, folder, _tokens_per_step(folder / "requests.jsonl"))
+
+
+def _rank_nodes(meta: dict) -> tuple[str, ...]:
+    """Rank -> node from run.json: ``rank_nodes`` (a list), or an older folder's ``placement`` mapping."""
+    if isinstance(meta.get("rank_nodes"), list):
+        return tuple(str(n) for n in meta["rank_nodes"])
+    old = meta.get("placement")
+    if isinstance(old, dict) and all(str(k).isdigit() for k in old):
+        return tuple(str(old[k]) for k in sorted(old, key=int))
+    return ()
 
 
 def _tokens_per_step(path: Path) -> dict[int, int]:

@@ -10,7 +10,7 @@ import pytest
 from meshemu.cli import main
 from meshemu.constellation import Shell, from_tle_file
 from meshemu.constellation.tle import format_tle
-from meshemu.links.isl import plus_grid_pairs
+from meshemu.constellation.grid import plus_grid_pairs
 
 
 def run(capsys, *argv):

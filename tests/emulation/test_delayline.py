@@ -2,7 +2,7 @@
 
 Timing tolerances are loose on purpose: this runs on a shared 2-core VM whose
 process wake-ups are ~0.1 ms late at the median and can be milliseconds late
-in the tail; the precise figures come from experiments/bench_delayline.py. A
+in the tail; the precise figures come from experiments/bench/delayline.py. A
 median over many probes is stable to a few tenths of a millisecond there, so
 +-2 ms on a median (and +-3 ms on a one-way median) tells "delay applied
 once, at the right value, in the right direction" from every plausible bug
@@ -27,6 +27,7 @@ import pytest
 
 from meshemu.emulation import delayline as dl
 from meshemu.emulation import delayline_daemon as daemon
+from meshemu.emulation import delayline_wire as wire
 from meshemu.emulation.delayline import DelayLine, DelayMatrixWriter, iptables_rules
 from meshemu.emulation.delayline_testbed import LineTestbed, probe_rtt
 from meshemu.errors import CapabilityError, InputError, MeshemuError
@@ -100,29 +101,29 @@ def test_verdict_book_batches_prefixes():
     msg, ooo = book.verdicts([10, 11, 12])  # a released prefix: one batch verdict for id 12
     assert (len(msg), ooo) == (32, 0)
     assert int.from_bytes(msg[-4:], "big") == 12
-    assert int.from_bytes(msg[4:6], "little") == dl.NFQNL_MSG_VERDICT_BATCH
+    assert int.from_bytes(msg[4:6], "little") == wire.NFQNL_MSG_VERDICT_BATCH
     assert int.from_bytes(msg[18:20], "big") == 3  # res_id = queue number
     msg, ooo = book.verdicts([14])  # ahead of 13: a single verdict
     assert (len(msg), ooo) == (32, 1)
-    assert int.from_bytes(msg[4:6], "little") == dl.NFQNL_MSG_VERDICT
+    assert int.from_bytes(msg[4:6], "little") == wire.NFQNL_MSG_VERDICT
     msg, ooo = book.verdicts([13])  # the prefix passes 13 and the already-released 14
     assert (len(msg), ooo, list(book.out), book.done) == (32, 0, [], set())
 
 
 def test_shared_block_double_buffers():
     name = f"meshemu-dl-{os.getpid()}-unit"
-    _, _, _, size = dl._layout(3)
-    block = dl._Block(name, size)
+    _, _, _, size = wire.layout(3)
+    block = wire.ShmBlock(name, size)
     try:
-        block.words[dl._W_N] = 3
-        block.words[dl._W_MAGIC] = dl._MAGIC
+        block.words[wire.W_N] = 3
+        block.words[wire.W_MAGIC] = wire.MAGIC
         w = DelayMatrixWriter(name)  # attach by name, as another process would
         a = np.arange(9, dtype=float).reshape(3, 3) / 1000
         assert w.write(a) == 1
-        assert block.words[dl._W_ACTIVE] == 1
+        assert block.words[wire.W_ACTIVE] == 1
         np.testing.assert_array_equal(block.matrices(3)[1], a)
         assert w.write(2 * a) == 2
-        assert block.words[dl._W_ACTIVE] == 0
+        assert block.words[wire.W_ACTIVE] == 0
         np.testing.assert_array_equal(w.current(), 2 * a)
         np.testing.assert_array_equal(block.matrices(3)[1], a)  # the other buffer is untouched
         with pytest.raises(InputError, match="shape"):
@@ -133,38 +134,38 @@ def test_shared_block_double_buffers():
             w.write(np.full((3, 3), np.nan))
         with pytest.raises(InputError, match="numbers"):
             w.write(np.full((3, 3), "x"))
-        assert block.words[dl._W_SEQ] == 2  # failed writes change nothing the daemon reads
+        assert block.words[wire.W_SEQ] == 2  # failed writes change nothing the daemon reads
         np.testing.assert_array_equal(w.current(), 2 * a)
         w.write(np.ones((3, 3)), zero_diagonal=True)
         np.testing.assert_array_equal(w.current(), 1 - np.eye(3))
         w.close()
     finally:
         block.close()
-        dl._unlink(name)
+        wire.unlink_block(name)
     assert not os.path.exists(f"/dev/shm/{name}")
 
 
 def test_trace_ring_reads_oldest_first():
     name = f"meshemu-dl-{os.getpid()}-trace"
-    _, _, _, size = dl._layout(2, trace_records=4)
-    assert size == dl._layout(2)[3] + 4 * len(dl.TRACE_FIELDS) * 8
-    block = dl._Block(name, size)
+    _, _, _, size = wire.layout(2, trace_records=4)
+    assert size == wire.layout(2)[3] + 4 * len(wire.TRACE_FIELDS) * 8
+    block = wire.ShmBlock(name, size)
     try:
         w = block.words
-        w[dl._W_N], w[dl._W_TRACE_CAP] = 2, 4
+        w[wire.W_N], w[wire.W_TRACE_CAP] = 2, 4
         assert len(block.trace(2)) == 0
-        _, _, off, _ = dl._layout(2)
-        ring = np.ndarray((4,), dtype=dl.TRACE_DTYPE, buffer=block.mm, offset=off + 2 * 2 * 2 * 8)
+        _, _, off, _ = wire.layout(2)
+        ring = np.ndarray((4,), dtype=wire.TRACE_DTYPE, buffer=block.mm, offset=off + 2 * 2 * 2 * 8)
         for k in range(6):  # as the daemon writes: record k into slot k % capacity, then the count
             ring[k % 4]["arrival_ns"] = k
-            w[dl._W_TRACE_COUNT] = k + 1
+            w[wire.W_TRACE_COUNT] = k + 1
             if k == 2:
                 assert list(block.trace(2)["arrival_ns"]) == [0, 1, 2]
         assert list(block.trace(2)["arrival_ns"]) == [2, 3, 4, 5]  # wrapped: the last four, oldest first
         del ring
     finally:
         block.close()
-        dl._unlink(name)
+        wire.unlink_block(name)
 
 
 def test_trace_records_must_be_a_count():
@@ -173,13 +174,13 @@ def test_trace_records_must_be_a_count():
 
 
 def test_histogram_percentiles():
-    h = np.zeros(dl._HIST_BINS, dtype=np.int64)
-    h[dl._hist_bin(0)] = 90
-    h[dl._hist_bin(5_000)] = 9          # 5 us late
-    h[dl._hist_bin(20_000_000)] = 1     # 20 ms late: a coarse bin
+    h = np.zeros(wire.HIST_BINS, dtype=np.int64)
+    h[wire.hist_bin(0)] = 90
+    h[wire.hist_bin(5_000)] = 9          # 5 us late
+    h[wire.hist_bin(20_000_000)] = 1     # 20 ms late: a coarse bin
     p = dl._percentiles(h)
     assert p["count"] == 100 and p["p50"] == 0.0 and p["p99"] == 5.0 and p["max"] == 20000.0
-    assert dl._hist_bin(-5_000_000) == 0  # far too early: clamped into the first bin
+    assert wire.hist_bin(-5_000_000) == 0  # far too early: clamped into the first bin
 
 
 # ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from scapy.layers.inet import ICMP, IP, UDP, ICMPerror, IPerror, IPOption_RR
 from meshemu.emulation import probe
 from meshemu.emulation.echo import PAYLOAD, Answer, Request, Result, build_request, dissect, probe_key
 from meshemu.errors import InputError
+from meshemu.routing.forwarding import walk
 
 SRC, DST, HOP = "10.200.0.1", "10.200.0.2", "10.100.0.1"
 
@@ -100,15 +101,6 @@ class TestRttOfAResult:
 
 
 class TestPaths:
-    def test_forwarding_path(self):
-        table = np.full((4, 4), -1)
-        table[0, 3], table[1, 3], table[2, 3] = 1, 2, 3
-        assert probe.forwarding_path(table, 0, 3) == (0, 1, 2, 3)
-        assert probe.forwarding_path(table, 3, 3) == (3,)
-        table[2, 3] = 1  # 1 -> 2 -> 1 -> ...
-        assert probe.forwarding_path(table, 0, 3) == ()
-        assert probe.forwarding_path(table, 0, 2) == ()  # no route
-
     def test_expected_answers_one_hop(self):
         assert probe.expected_answers((4, 5)) == [(5, "echo-reply"), (5, "echo-reply")]
 
@@ -131,8 +123,12 @@ class FakeEmulation:
                 t[u, 5] = v
             self.tables[k] = t
 
-    def state(self, k):
-        return self.tables[k], None
+    @property
+    def routes(self):
+        return self
+
+    def route(self, k, src, dst):
+        return walk(self.tables[k][:, dst], src, dst)
 
     def expected_rtt_s(self, a, b, k):
         return 0.015

@@ -152,3 +152,42 @@ def test_loss_drops_the_share_it_should(square, prefix, netem_caps):
         expected = 1 - (1 - loss) ** 6
         tolerance = 4 * np.sqrt(expected * (1 - expected) / sent)  # four binomial standard deviations
         assert 1 - received / sent == pytest.approx(expected, abs=tolerance), out
+
+
+EXPERIMENT = """
+name: shaped
+constellation: demo
+ground_station: Alpha
+shaping: {backend: netem, %s}
+model: {source: "tiny:llama:0"}
+"""
+
+
+@pytest.mark.parametrize("shaping", ["rate_mbps: 20", "loss: 0.05"])
+def test_an_experiment_s_shaping_reaches_every_link(square, prefix, netem_caps, tmp_path, shaping):
+    """The experiment file's rate and loss, through the run plan, measured on the links the run builds."""
+    from dataclasses import replace
+
+    from meshemu.deployment.deploy import emulation_of
+    from meshemu.experiments.plan import plan_run
+    from meshemu.experiments.spec import load_experiment
+    from meshemu.model.tiny import tiny_config
+
+    (tmp_path / "e.yaml").write_text(EXPERIMENT % shaping)
+    spec = load_experiment(tmp_path / "e.yaml")
+    run = replace(plan_run(spec, "tiny:llama:0", tiny_config("llama"), None), prefix=prefix)
+    with emulation_of(square, run, log=quiet()) as emu:
+        q = qdisc(emu, 4, 0)
+        if spec.shaping.rate_mbps:
+            assert q.rate_bps == pytest.approx(20e6, rel=TC_REL)
+            goodput_bps = iperf3(emu, "Alpha", "Beta", "-t", "4", "-O", "1")["end"]["sum_received"]["bits_per_second"]
+            assert goodput_bps == pytest.approx(20e6 * 1448 / 1514, rel=0.10)  # TCP's share of a frame
+        else:
+            assert q.loss == pytest.approx(0.05, rel=TC_REL)
+            sent = 2000
+            alpha, beta = emu.host("Alpha"), emu.host("Beta")
+            out = alpha.popen(f"ping -n -q -c {sent} -i 0.001 -W 2 -I {alpha.IP()} {beta.IP()}").communicate()[0].decode()
+            lost = 1 - int(re.search(r"(\d+) received", out).group(1)) / sent
+            expected = 1 - (1 - 0.05) ** 6  # six netem qdiscs there and back
+            assert lost == pytest.approx(expected, abs=4 * np.sqrt(expected * (1 - expected) / sent)), out
+

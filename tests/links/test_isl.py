@@ -6,7 +6,8 @@ import pytest
 from meshemu.constants import EARTH_EQUATORIAL_RADIUS_M, SPEED_OF_LIGHT_M_PER_S
 from meshemu.constellation import IslRules, Shell, TimeGrid, from_shells, propagate_itrs_m
 from meshemu.constellation.propagate import parse_utc
-from meshemu.links.isl import grazing_altitude_m, isl_lengths_m, plus_grid_pairs
+from meshemu.constellation.grid import plus_grid_pairs
+from meshemu.links.isl import grazing_altitude_m, isl_lengths_m
 
 EPOCH = parse_utc("2026-01-01T00:00:00Z")
 

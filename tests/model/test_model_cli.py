@@ -79,8 +79,9 @@ def test_bench_model_prints_the_floor_and_ratio(tiny_gguf, capsys):
                "--decode-tokens", "4", "--repeats", "1"])
     out = capsys.readouterr().out
     assert rc == 0
-    for label in ("prefill", "decode", "floor", "ratio"):
+    for label in ("load", "prefill", "decode", "floor", "ratio"):
         assert any(line.startswith(label) for line in out.splitlines()), out
+    assert "weight cache" in out
 
 
 @pytest.mark.slow

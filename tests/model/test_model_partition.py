@@ -104,6 +104,11 @@ class TestPipeline:
         got = [run(np.array([PROMPT]))] + [run(np.array([[t]])) for t in DECODE]
         close(np.array(got), whole_run(tiny_weights))
 
+    def test_a_stage_shares_its_whole_blocks(self, tiny_llama):
+        # No copy: shards on one machine share the weight cache's memory-mapped pages.
+        stage = slice_weights(tiny_llama, shard_spec(tiny_llama.config, layer_start=1, layer_stop=3))
+        assert all(a is b for a, b in zip(stage.layers, tiny_llama.layers[1:3]))
+
 
 class TestTensorParallel:
     @pytest.mark.parametrize("tp_size", [2, 3, 4, 6])

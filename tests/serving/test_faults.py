@@ -1,5 +1,6 @@
 """Faults end requests with a clear error within their deadline; nothing hangs; other requests go on."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -113,6 +114,60 @@ def test_malformed_tensor_fails_its_request_and_only_it(shard_pool):
         assert client.generate(bystander, timeout_s=20).token_ids  # others go on
         metrics = client.metrics()
         assert metrics[1]["rejected_tensors"] >= 1
+
+
+def _load_pp(stubs, addrs, model="tiny:llama:0"):
+    for r, s in enumerate(stubs):
+        s.Load(pb.LoadRequest(model=model, ranks=addrs, rank=r, tp_size=1, n_stages=len(addrs)), timeout=20)
+
+
+def test_a_peer_with_no_model_fails_the_request_at_once(shard_pool):
+    # before: rank 1 dropped the hidden states and the request waited out its step timeout
+    addrs = list(shard_pool[:2])
+    (c0, head), (c1, second) = stub(addrs[0]), stub(addrs[1])
+    _load_pp([head, second], addrs)
+    with pytest.raises(grpc.RpcError, match="4 pipeline stages"):  # rank 1 is left unloaded, as after a restart
+        second.Load(pb.LoadRequest(model="tiny:llama:0", ranks=[addrs[1]] * 4, rank=0, tp_size=1, n_stages=4),
+                    timeout=20)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        list(head.Generate(pb.GenerateRequest(prompt=list(PROMPT), max_new_tokens=3, step_timeout_s=5), timeout=20))
+    assert time.monotonic() - t0 < 2, "the request waited for a timeout instead of hearing the refusal"
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    assert f"({addrs[1]}, no model loaded): rejected a tensor from rank 0 (request " in err.value.details()
+    assert "no model is loaded here (it was restarted or its Load failed), so its START frame was dropped: " \
+           "load the plan again" in err.value.details()
+    assert json.loads(head.Metrics(pb.MetricsRequest(), timeout=5).json)["refused_by_peers"] >= 1
+    c0.close()
+    c1.close()
+
+
+def test_an_oversized_activation_is_refused_to_its_sender():
+    from meshemu.serving.shard import serve
+
+    servers = [serve("127.0.0.1:0"), serve("127.0.0.1:0", max_tensor_bytes=1024)]  # 4 x 96 float32: 1536 bytes
+    addrs = [a for _, _, a in servers]
+    channels = [stub(a) for a in addrs]
+    try:
+        _load_pp([s for _, s in channels], addrs)
+        head = channels[0][1]
+        with pytest.raises(grpc.RpcError) as err:
+            list(head.Generate(pb.GenerateRequest(prompt=list(PROMPT), max_new_tokens=3, step_timeout_s=5),
+                               timeout=20))
+        assert err.value.code() == grpc.StatusCode.ABORTED
+        assert err.value.details() == (f"rank 1 (stage 1, {addrs[1]}, {addrs[1]}): rejected a tensor from rank 0 "
+                                       "(request " + err.value.details().split("(request ")[1].split(")")[0] +
+                                       "): tensor of 1536 bytes exceeds the limit of 1024 bytes")
+        deadline = time.monotonic() + 5  # the head heard it twice: from rank 1 directly and on its own stream
+        while servers[0][1].counters["refused_by_peers"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert servers[0][1].counters["refused_by_peers"] == 1
+    finally:
+        for ch, _ in channels:
+            ch.close()
+        for server, shard, _ in servers:
+            server.stop(0)
+            shard.close()
 
 
 def test_wrong_shape_activation_is_rejected(shard_pool):

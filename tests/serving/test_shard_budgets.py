@@ -1,12 +1,16 @@
 """A shard's budgets: a Load too big for memory is refused up front, and a failed Load leaves it unloaded."""
 
+import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 
+from meshemu.serving.pipeline import Kind
 from meshemu.serving.rpc import shard_pb2 as pb
 from meshemu.serving.shard import serve
+from meshemu.serving.tensors import encode
 from meshemu.serving.transport import stub
 
 
@@ -90,16 +94,25 @@ def test_sigterm_ends_a_shard_within_a_second_even_mid_load():
     try:
         address = proc.stdout.readline().split()[1]
         channel, s = stub(address)
-        busy = threading.Thread(target=lambda: pytest.raises(grpc.RpcError, load, s, address,
-                                                              "tiny:llama:0:hidden_size=1024:n_layers=24:ffn_size=4096"))
+        errors = []
+
+        def slow_load():
+            try:
+                load(s, address, "tiny:llama:0:hidden_size=1024:n_layers=24:ffn_size=4096")
+            except grpc.RpcError as err:
+                errors.append(err)
+        busy = threading.Thread(target=slow_load)
         busy.start()
-        time.sleep(1.0)  # the Load is now making ~0.8 GB of random weights
+        time.sleep(1.0)  # the Load is now making ~1.2 GB of random weights
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=5)
-        assert time.monotonic() - t0 < 1.5
+        assert time.monotonic() - t0 < 1.5  # the shard's 1 s backstop, and the process's teardown
         busy.join(timeout=10)
         channel.close()
+        # the Load was stopped, not cut off: its client hears why
+        assert errors and errors[0].code() == grpc.StatusCode.UNAVAILABLE
+        assert "was stopped (the shard is shutting down) and nothing is loaded" in errors[0].details()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -109,9 +122,65 @@ def test_sigterm_ends_a_shard_within_a_second_even_mid_load():
 def test_a_refused_tensor_is_answered_to_its_sender(shard):
     # before: the stream ended as if all was well and the sender never learnt why nothing happened
     address, s = shard
-    bad = pb.Frame(request_id="r", src_rank=1, tensor=pb.Tensor(dtype="float32", shape=[2**40], total_bytes=2**42,
-                                                                 n_chunks=2, chunk=0, data=b"x"))
-    with pytest.raises(grpc.RpcError) as err:
-        list(s.Exchange(iter([bad]), timeout=5))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "rejected a tensor (no model is loaded): tensor of 4398046511104 bytes exceeds the limit" in err.value.details()
+    load(s, address)
+    bad = pb.Frame(kind=Kind.STEP, request_id="r", src_rank=1,
+                   tensor=pb.Tensor(dtype="float32", shape=[2**40], total_bytes=2**42, n_chunks=2, chunk=0, data=b"x"))
+    rest = pb.Frame(kind=Kind.STEP, request_id="r", src_rank=1,
+                    tensor=pb.Tensor(dtype="float32", shape=[2**40], total_bytes=2**42, n_chunks=2, chunk=1, data=b"y"))
+    acks = list(s.Exchange(iter([bad, rest]), timeout=5))
+    assert [a.request_id for a in acks] == ["r"]  # one answer: the refused tensor's later chunks are dropped unread
+    assert acks[0].error.startswith(f"rank 0 (stage 0, {address}, {address}): rejected a tensor from rank 1 "
+                                    "(request r): tensor of 4398046511104 bytes exceeds the limit of")
+
+
+def test_a_shard_with_no_model_answers_every_frame_it_cannot_use(shard):
+    # before: a shard restarted (or whose Load failed) dropped its peers' frames and they waited for a timeout
+    address, s = shard
+    frames = [pb.Frame(kind=Kind.START, request_id="a", src_rank=0, tokens=[1]),
+              pb.Frame(kind=Kind.END, request_id="a", src_rank=0),  # nothing to say about an END
+              pb.Frame(kind=Kind.REDUCE, request_id="b", src_rank=1, tensor=encode(np.zeros(4, np.float32))[0])]
+    acks = list(s.Exchange(iter(frames), timeout=5))
+    assert [a.request_id for a in acks] == ["a", "b"]
+    assert acks[1].error == (f"{address} ({address}, no model loaded): rejected a tensor from rank 1 (request b): "
+                             "no model is loaded here (it was restarted or its Load failed), so its REDUCE frame "
+                             "was dropped: load the plan again")
+
+
+def test_sixteen_streams_of_the_largest_tensor_are_refused_by_the_budget_not_an_allocation_error():
+    # before: 16 streams each declaring 512 MiB failed with UNKNOWN: Unable to allocate
+    server, shard, address = serve("127.0.0.1:0", max_tensor_bytes=1 << 20)  # a budget of 4 such tensors
+    channel, s = stub(address)
+    load(s, address)
+    release = threading.Event()
+    first = pb.Frame(kind=Kind.STEP, request_id="", src_rank=1,
+                     tensor=pb.Tensor(dtype="float32", shape=[1 << 18], total_bytes=1 << 20, n_chunks=2, chunk=0,
+                                      data=b"\0" * (1 << 19)))
+
+    def frames(i):
+        f = pb.Frame()
+        f.CopyFrom(first)
+        f.request_id = f"r{i}"
+        yield f
+        release.wait(10)  # hold the half-received tensor, and so its bytes of the budget
+
+    acks: list = []
+    calls = [s.Exchange(frames(i), timeout=20) for i in range(16)]
+    readers = [threading.Thread(target=lambda c=c: acks.extend(c)) for c in calls]
+    try:
+        for t in readers:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(acks) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert shard.budget.in_flight == 4 << 20
+    finally:
+        release.set()
+        for t in readers:
+            t.join(10)
+        channel.close()
+        server.stop(0)
+        shard.close()
+    assert len(acks) == 12
+    assert all("would make 5242880 bytes in flight, over this shard's budget of 4194304 bytes: send smaller "
+               "tensors or fewer at once" in a.error for a in acks), acks[0].error
+    assert shard.budget.in_flight == 0

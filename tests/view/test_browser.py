@@ -18,7 +18,7 @@ from meshemu.emulation.player import Player
 from meshemu.routing import shortest_route
 from meshemu.view.live import StepLog, start_live_view
 from meshemu.view.page import export_page, render_page
-from meshemu.view.scene import build_scene, short_names
+from meshemu.view.scene import build_scene
 from meshemu.view.server import ViewServer
 from meshemu.view.sources import open_source
 
@@ -37,7 +37,7 @@ def _stage(img):
 
 def _expected(series, k, pair):
     up = series.up[k]
-    names = short_names(series)
+    names = series.short_names
     src, dst = (names.index(n) if n in names else series.node_index(n) for n in pair)
     return {"isls": int(up[~series.is_gsl].sum()), "gsls": int(up[series.is_gsl].sum()),
             "route": " ".join(names[v] for v in shortest_route(series, k, src, dst).nodes)}
@@ -156,7 +156,7 @@ class TestExport:
         # the satellite farthest from any other drawn node, so the click cannot be taken by a neighbour
         v = max(shown, key=lambda v: np.sort(np.hypot(*(pts - shown[v]).T))[1])
         browser.click(*shown[v])
-        name = short_names(s)[v]
+        name = s.short_names[v]
         browser.wait_for(f"document.body.dataset.selected === '{name}'")
         rows = browser.evaluate("document.querySelectorAll('#satinfo tr').length")
         n_links = int((s.up[k] & ((s.links[:, 0] == v) | (s.links[:, 1] == v))).sum())
@@ -167,7 +167,7 @@ class TestExport:
 class TestReplay:
     def test_results_folder_served_on_localhost(self, demo_series, browser, tmp_path, make_results_folder, figures):
         s, k = demo_series, 10
-        names = short_names(s)
+        names = s.short_names
         # shards on the first two satellites of Paris's route at step k: in view, since the page faces the client
         hops = shortest_route(s, k, s.node_index("Paris"), s.node_index("Moscow")).nodes
         ranks = (names[hops[1]], names[hops[2]])

@@ -10,7 +10,7 @@ from meshemu.constellation import default_ground_stations
 from meshemu.constants import SPEED_OF_LIGHT_M_PER_S
 from meshemu.errors import InputError
 from meshemu.routing import shortest_route
-from meshemu.view.scene import FIBRE_SPEED_FRACTION, Placement, build_scene, great_circle_m, short_names
+from meshemu.view.scene import FIBRE_SPEED_FRACTION, Placement, build_scene, great_circle_m
 
 
 def _decode(b64, dtype):
@@ -79,7 +79,7 @@ class TestBuildScene:
 
     def test_placement_labels_follow_global_rank_order(self, demo_series):
         scene = build_scene(demo_series, placement=Placement(("p00s01", "p00s02", "p01s01", "p01s02"), tp=2, pp=2))
-        names = short_names(demo_series)
+        names = demo_series.short_names
         assert scene["placement"][names.index("p01s02")] == ["rank 3: stage 1, tensor rank 1"]
         assert scene["placement"][names.index("p00s02")] == ["rank 1: stage 0, tensor rank 1"]
 
@@ -95,7 +95,7 @@ class TestGreatCircle:
 class TestTokenTrip:
     def test_legs_are_routed_like_the_mesh_routes_them(self, demo_series):
         s = demo_series
-        names = short_names(s)
+        names = s.short_names
         scene = build_scene(s, placement=Placement(("p00s01", "p03s04"), tp=1, pp=2, client="Paris"),
                             tokens_per_step={3: 7})
         trip = scene["token_trip"]

@@ -72,8 +72,10 @@ class ShardServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Exchange(self, request_iterator, context):
-        """One-way frames from a peer shard (or from the head); the reply stream
-        stays empty and ends when the caller ends its stream.
+        """One-way frames from a peer shard (or from the head). The reply stream
+        carries an Ack only when a frame is refused (a malformed or oversized
+        tensor, no model loaded), so that the sender fails that request at once;
+        it ends when the caller ends its stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

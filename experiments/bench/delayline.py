@@ -2,7 +2,7 @@
 
 Run as root (it builds its own namespaces, prefix ``dltest-bench-<pid>-``, and deletes them):
 
-    .venv/bin/python experiments/bench_delayline.py [--sections single,line,tcp] [--count 200]
+    .venv/bin/python experiments/bench/delayline.py [--sections single,line,tcp] [--count 200]
 
 RTT error = probe RTT - 2 x one-way path delay, from UDP echo probes timestamped
 in userspace (``meshemu.emulation.delayline_testbed.probe_rtt``: a kernel receive
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from meshemu.emulation.delayline import DelayLine
 from meshemu.emulation.delayline_testbed import LineTestbed, probe_rtt

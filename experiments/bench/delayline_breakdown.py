@@ -4,14 +4,14 @@ Trace a run's delay line, keep its probes, then join the two (as root for the ru
 
     sudo MESHEMU_DELAYLINE_TRACE=/tmp/dl.npz .venv/bin/meshemu probe --constellation demo --duration 30 \\
          --prefix dlx --format csv --out /tmp/probes.csv
-    .venv/bin/python experiments/delayline_breakdown.py /tmp/dl.npz /tmp/probes.csv
+    .venv/bin/python experiments/bench/delayline_breakdown.py /tmp/dl.npz /tmp/probes.csv
 
 (``meshemu run`` writes ``probes.csv`` into its results folder; the same variable traces it.)
 
 Or let this script play the demo shell and probe it itself (root), with the same ICMP echoes
 (:func:`meshemu.emulation.echo.exchange`), so that "rest" splits into its send and receive sides:
 
-    sudo .venv/bin/python experiments/delayline_breakdown.py run --duration 30 [--probe-fifo]
+    sudo .venv/bin/python experiments/bench/delayline_breakdown.py run --duration 30 [--probe-fifo]
 
 An RTT probe is an ICMP echo with sequence number 0 (path checks use the TTL as their sequence), so
 its request's record at the destination and its reply's record at the source are found by ICMP
@@ -40,7 +40,7 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 ICMP, ECHO_REPLY, ECHO_REQUEST = 1, 0, 8
 BUCKETS_MS = ((0, 50), (50, 100), (100, 1000))  # expected RTT: short, middle, long paths

@@ -1,7 +1,7 @@
 """What a shaping backend really applies, measured on a live demo mesh (root): delay, rate, loss.
 
-    sudo python experiments/bench_shaping.py --shaper netem      # e.g. inside tools/vm.sh shell
-    sudo python experiments/bench_shaping.py --shaper delayline  # delay only
+    sudo python experiments/bench/shaping.py --shaper netem      # e.g. inside tools/vm.sh shell
+    sudo python experiments/bench/shaping.py --shaper delayline  # delay only
 
 Prints, for one city pair: the RTT floor (every link 1 us long, same backend), the RTT error
 against the link series after that floor, TCP goodput under ``--rate-mbps`` beside the rate's

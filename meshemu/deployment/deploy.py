@@ -1,0 +1,206 @@
+"""Carry out a :class:`~meshemu.deployment.plan.MeshRun`: the mesh up, shards in satellites, the client at a
+ground station, the player stepping the links while requests run, probes on the live mesh, all down again.
+
+The shards and the client are the same programs as on loopback; only where
+they start differs. Each shard binds its satellite's own address (the one the
+mesh routes), so every frame between ranks crosses the emulated links along
+the routed path. The player starts once the model is loaded.
+
+One routing pass per step: placement, the player, the probes, and later the
+predictor and the report all read the same
+:class:`~meshemu.routing.ForwardingStates`. One clock: the player's steps and
+the client's tokens are stamped with ``time.monotonic()`` (one clock per host,
+whatever the namespace), and the run records its offset to wall time once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from meshemu.deployment.plan import MeshRun
+from meshemu.emulation.emulation import Emulation
+from meshemu.emulation.kernel import require_root
+from meshemu.emulation.player import PlayReport, Player
+from meshemu.emulation.probe import check_paths, probe_pairs
+from meshemu.errors import MeshemuError
+from meshemu.routing import ForwardingStates
+from meshemu.serving.launch import ShardProcesses, stderr_text
+from meshemu.serving.placement import place
+
+
+@dataclass
+class Deployment:
+    """What a run in the mesh did: where things ran, each step's time, the client's events, the probes."""
+
+    run: MeshRun
+    series: object
+    routes: ForwardingStates
+    rank_nodes: tuple[str, ...]
+    client_node: str
+    addresses: list = field(default_factory=list)
+    backend: str = ""
+    capabilities: dict | None = None
+    clock_origin: dict = field(default_factory=dict)  # {"monotonic_s", "wall_time"} read together at start
+    step_clock: list = field(default_factory=list)  # (step, time.monotonic() when applying it began)
+    step_records: list = field(default_factory=list)  # the player's StepRecords
+    events: list = field(default_factory=list)  # the client's, in arrival order
+    probes: list = field(default_factory=list)  # Probe per probed pair and step
+    path_checks: list = field(default_factory=list)  # PathCheck per probed pair and step
+
+    def node(self, name) -> int:
+        return self.series.short_index(name)
+
+    def step_at(self, clock_s: float) -> int:
+        """The link-series step in force at ``clock_s`` (monotonic; the first step before the player started)."""
+        step = self.step_clock[0][0] if self.step_clock else self.run.start_step
+        for k, t in self.step_clock:
+            if t > clock_s:
+                break
+            step = k
+        return step
+
+    def one_way_at(self, k: int):
+        """``(a, b) -> one-way delay in s`` of the routed path at step ``k`` (0 where links carry no delay)."""
+        if self.backend == "none":
+            return lambda a, b: 0.0
+        return lambda a, b: self.routes.one_way_s(k, self.node(a), self.node(b))
+
+    def route_at(self, k: int, a, b) -> list[str]:
+        """Short names along the routed path from ``a`` to ``b`` at step ``k`` (empty: no path)."""
+        names = self.series.short_names
+        return [names[v] for v in self.routes.route(k, self.node(a), self.node(b))]
+
+    def player_summary(self) -> dict:
+        out = PlayReport(self.step_records).summary() if self.step_records else {}
+        if self.step_records:
+            out.update(first_t_s=self.step_records[0].t_s, last_t_s=self.step_records[-1].t_s)
+        return out
+
+    def info(self) -> dict:
+        """What run.json records about where and how the run ran."""
+        return {"backend": self.backend, "capabilities": self.capabilities, "placement": self.run.placement,
+                "rank_nodes": list(self.rank_nodes), "client": self.client_node, "addresses": self.addresses,
+                "shaping": {"shaper": self.run.shaper, "rate_bps": self.run.shaping.rate_bps,
+                            "loss": self.run.shaping.loss},
+                "time_scale": self.run.time_scale, "clock": self.clock_origin, "player": self.player_summary(),
+                "routing": self.routes.summary(), "load": self.load_replies()}
+
+    def load_replies(self) -> list:
+        """Each shard's answer to Load (its layers, weight bytes and how long loading took)."""
+        return next((e["replies"] for e in self.events if e["event"] == "loaded"), [])
+
+
+def emulation_of(series, run: MeshRun, routes: ForwardingStates | None = None, log=None) -> Emulation:
+    """The emulation a run plays: its backend, every link's rate and loss, its namespace prefix, its routes."""
+    return Emulation(series, shaper=run.shaper, shaping=run.shaping, prefix=run.prefix, routes=routes, log=log)
+
+
+def deploy(series, run: MeshRun, *, routes: ForwardingStates | None = None, on_event=None, on_step=None,
+           log=None) -> Deployment:
+    """Place the ranks, build the mesh, serve ``run.job`` from ``run.ground_station``; everything stops on return.
+
+    ``on_event(event)`` sees each of the client's events as it arrives;
+    ``on_step(emulation, record)`` runs in the player's thread after each step.
+    Raises :class:`~meshemu.errors.MeshemuError` when the client reports an error.
+    """
+    require_root()
+    log = log or (lambda line: print(f"meshemu: {line}", file=sys.stderr))
+    routes = routes or ForwardingStates(series)
+    gs = series.short_index(run.ground_station)
+    rank_nodes = tuple(place(run.placement, run.n_ranks, series, routes, gs, step=run.start_step))
+    client = series.short_names[gs]
+    log(f"placement {run.placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(rank_nodes))
+        + f"; client at {client}")
+    pairs = [(series.short_index(a), series.short_index(b)) for a, b in run.probes]
+    if run.probe_client:
+        pairs.append((gs, series.short_index(rank_nodes[0])))
+    routes.watch([gs, *(series.short_index(n) for n in rank_nodes), *(v for p in pairs for v in p)])
+    dep = Deployment(run, series, routes, rank_nodes, client)
+    with emulation_of(series, run, routes, log) as emu, ShardProcesses() as procs, _Prober(pairs, dep) as prober:
+        dep.backend = emu.backend
+        dep.capabilities = emu.capabilities.as_dict() if emu.capabilities else None
+        ids = [emu.plan.node(n) for n in rank_nodes]
+        dep.addresses = procs.start_shards([f"{emu.plan.addresses[i]}:0" for i in ids], nodes=list(rank_nodes),
+                                           prefixes=[emu.command_prefix(i) for i in ids],
+                                           step_timeout_s=run.job.step_timeout_s)
+        job = run.job.placed(dep.addresses, rank_nodes)
+        player = Player(emu, time_scale=run.time_scale)
+
+        def stepped(rec):
+            dep.step_clock.append((rec.step, player.started_at + rec.applied_s))
+            dep.step_records.append(rec)
+            prober.step(emu, rec)
+            if on_step is not None:
+                on_step(emu, rec)
+
+        def play():
+            player.play(run.start_step, series.n_steps - run.start_step, on_step=stepped)
+
+        player_thread = threading.Thread(target=play, name="player", daemon=True)
+        dep.clock_origin = {"monotonic_s": time.monotonic(), "wall_time": time.time()}
+        client_proc = procs.spawn([sys.executable, "-m", "meshemu.serving.client", "--job", "-"],
+                                  prefix=emu.command_prefix(gs), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=tempfile.TemporaryFile("w+"), text=True)  # noqa: SIM115 - closed by procs
+        try:
+            client_proc.stdin.write(job.to_json())
+            client_proc.stdin.close()
+            for line in client_proc.stdout:
+                event = json.loads(line)
+                if event["event"] == "loaded" and not player_thread.is_alive():
+                    player_thread.start()
+                dep.events.append(event)
+                if on_event is not None:
+                    on_event(event)
+            client_proc.wait()
+        finally:
+            # The player returns after the step in hand, even when it is running late and never sleeps;
+            # the mesh must outlive it.
+            player.stop()
+            if player_thread.is_alive():
+                player_thread.join()
+    if dep.backend == "none":
+        log("shaper none: links carry no delay; predictions use zero path delays")
+    errors = [e["message"] for e in dep.events if e["event"] == "error"]
+    if errors:
+        raise MeshemuError(errors[0])
+    if client_proc.returncode != 0:
+        tail = stderr_text(client_proc).strip().splitlines()
+        raise MeshemuError(f"the client at {client} exited with status {client_proc.returncode}"
+                           + (f": {tail[-1]}" if tail else ""))
+    return dep
+
+
+class _Prober:
+    """RTT and path probes of ``pairs`` after each step, one round at a time, never holding up the player."""
+
+    def __init__(self, pairs, dep: Deployment):
+        self.pairs, self.dep = pairs, dep
+        self.pool = ThreadPoolExecutor(1) if pairs else None
+        self.busy = threading.Lock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)  # before the mesh goes: a probe's sockets live in its namespaces
+        return False
+
+    def step(self, emu, rec) -> None:
+        if self.pool is None or not self.busy.acquire(blocking=False):
+            return
+
+        def one_round():
+            try:
+                self.dep.probes.extend(probe_pairs(emu, self.pairs, rec.step, rec.t_s))
+                self.dep.path_checks.extend(check_paths(emu, self.pairs, rec.step, rec.t_s))
+            finally:
+                self.busy.release()
+        self.pool.submit(one_round)
