@@ -4,6 +4,10 @@ Each module named in ``_MODULES`` defines ``register(commands, benches)``,
 adding its subcommands to ``meshemu ...`` and its benchmarks to
 ``meshemu bench ...``. A command is a function ``run(args) -> int``.
 A :class:`~meshemu.errors.MeshemuError` becomes one line on stderr.
+
+Command modules import their layers inside the command functions, and only
+there in the project: every module is imported to build the parser, and
+``meshemu --help`` must not wait for gRPC, matplotlib or the emulation.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from meshemu.errors import InputError
+from meshemu.serving.placement import check_strategy
 
 
 def _float(text: str) -> float:
@@ -94,8 +96,6 @@ def nonnegative_int(text: str) -> int:
 
 def placement_strategy(text: str) -> str:
     """A ``--placement`` whose form is right (the satellites it names are checked against the mesh later)."""
-    from meshemu.errors import InputError
-    from meshemu.serving.placement import check_strategy
 
     try:
         return check_strategy(text)

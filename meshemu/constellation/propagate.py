@@ -24,6 +24,7 @@ from sgp4.api import SatrecArray
 from skyfield.sgp4lib import theta_GMST1982
 
 from meshemu.constants import SECONDS_PER_DAY
+from meshemu.constellation.tle import sgp4_error_text
 from meshemu.errors import InputError, MeshemuError
 from meshemu.resources import memory_problem
 
@@ -155,8 +156,6 @@ def propagate_itrs_m(satrecs, grid: TimeGrid, names=None) -> np.ndarray:
     whole, fraction = grid.julian_utc()
     errors, r_km, _ = SatrecArray(list(satrecs)).sgp4(whole, fraction)  # (S, T), (S, T, 3)
     if errors.any() or not np.isfinite(r_km).all():
-        from meshemu.constellation.tle import sgp4_error_text
-
         s, k = np.argwhere(errors | ~np.isfinite(r_km).all(axis=-1))[0]
         who = names[s] if names is not None else f"satellite {s}"
         why = sgp4_error_text(satrecs[s], errors[s, k]) if errors[s, k] else "no finite position"

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 
+from meshemu.emulation import netlink as nl
+from meshemu.emulation.mesh import run_ip_batch
 from meshemu.errors import CapabilityError
 
 SHAPERS = ("netem", "delayline", "none")
@@ -53,8 +55,6 @@ def require_root() -> None:
 
 def probe(prefix: str = "meshemu") -> Capabilities:
     """Try netem and NFQUEUE in a throwaway namespace, and look for Mininet."""
-    from meshemu.emulation import netlink as nl
-    from meshemu.emulation.mesh import run_ip_batch
 
     require_root()
     if not shutil.which("ip"):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshemu.emulation import netlink as nl
+from meshemu.emulation.delayline import DelayLine, install_rules
 from meshemu.errors import MeshemuError
 
 MTU_BYTES = 1500
@@ -96,8 +97,6 @@ class DelayLineShaper:
         return "delayline: NFQUEUE at each destination, one hold per packet for the whole path delay"
 
     def start(self, link_delay_s: np.ndarray, path_delay_s: np.ndarray) -> None:
-        from meshemu.emulation.delayline import DelayLine, install_rules
-
         plan = self.mesh.plan
         # one iptables-restore per namespace (~3 ms each), a few at a time
         with ThreadPoolExecutor(8) as pool:

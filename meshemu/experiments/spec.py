@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from meshemu.config import check_name
 from meshemu.config import from_mapping, load_yaml
 from meshemu.errors import InputError
+from meshemu.serving.placement import check_strategy
 
 # Requests of one run: each keeps its per-token records until the report is written.
 MAX_REQUESTS = 10_000
@@ -120,9 +122,6 @@ class ExperimentSpec:
     source: str = field(default="", compare=False)  # the file it came from
 
     def __post_init__(self):
-        from meshemu.config import check_name
-        from meshemu.serving.placement import check_strategy
-
         check_name(self.name, "name")
         if not 0 < self.time_scale <= 1e6:
             raise ValueError(f"time_scale must be greater than 0 (1 is real time) and at most 1e6, "

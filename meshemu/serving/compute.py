@@ -23,11 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from meshemu.errors import InputError
+from meshemu.model import gguf, hf
 from meshemu.model.config import ModelConfig, smollm2_135m_config
+from meshemu.model.load import default_model_path, load_model
 from meshemu.model.partition import pipeline_ranges, shard_spec, slice_weights
 from meshemu.model.sampling import Sampler
+from meshemu.model.tiny import random_weights, tiny_config
 from meshemu.model.transformer import Transformer
 from meshemu.model.weights import ShardSpec
+from meshemu.resources import memory_problem
 
 
 def _qwen3(name, hidden, layers, heads, kv, ffn, tied) -> ModelConfig:
@@ -109,7 +113,6 @@ def check_weights_fit(n_params: int, model: str,
                       advice: str = "give a smaller model, or compute device:NAME to model it without weights") -> None:
     """InputError when ``n_params`` float32 weights (and a second copy while they are converted and cut into
     shards) would not fit in memory: refused before the first array is made, so a shard is never left swapping."""
-    from meshemu.resources import memory_problem
 
     problem = memory_problem(n_params * 4 * 2, f"{model} ({n_params / 1e9:.3g} G parameters, float32)", advice)
     if problem:
@@ -119,13 +122,9 @@ def check_weights_fit(n_params: int, model: str,
 def checkpoint_elements(path) -> int | None:
     """Weights in a checkpoint (a Hugging Face directory or a GGUF file), from its header; None if absent."""
     if path.is_dir():
-        from meshemu.model.hf import tensor_elements
-
-        return tensor_elements(path)
+        return hf.tensor_elements(path)
     if path.is_file():
-        from meshemu.model.gguf import tensor_elements
-
-        return tensor_elements(path)
+        return gguf.tensor_elements(path)
     return None  # load_model says what is missing
 
 
@@ -138,8 +137,6 @@ def load_source(model: str):
     (empty: the default SmolLM2).
     """
     if model.startswith("tiny:"):
-        from meshemu.model.tiny import random_weights, tiny_config
-
         parts = model.split(":")
         arch = parts[1] if len(parts) > 1 and parts[1] else "llama"
         if len(parts) > 2 and not parts[2].isdigit() and parts[2]:
@@ -162,7 +159,6 @@ def load_source(model: str):
         if name not in PRESETS:
             raise InputError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
         return PRESETS[name], None
-    from meshemu.model.load import default_model_path, load_model
 
     path = Path(model) if model else default_model_path()
     n_params = checkpoint_elements(path)
@@ -226,8 +222,6 @@ class RealCompute:
         self.n_layers = len(self.model.layers)
 
     def new_cache(self, batch: int, capacity: int):
-        from meshemu.resources import memory_problem
-
         # keys and values, float32, for this shard's layers and kv heads: a long context is GiB per request
         nbytes = 2 * 4 * batch * capacity * self.n_layers * len(self.spec.kv_heads) * self.config.head_dim
         problem = memory_problem(nbytes, f"the KV cache of {batch} x {capacity:,} tokens",

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from meshemu.view.page import render_page
+from meshemu.view.scene import build_scene
 from meshemu.view.server import _POLL_S, DEFAULT_PORT, LiveFeed, ViewServer
 from meshemu.view.sources import SERIES_FILE
 
@@ -24,7 +25,6 @@ STEP_LOG = "steps.jsonl"
 def start_live_view(series, *, port: int = DEFAULT_PORT, time_scale: float = 1.0, pairs=(), title=None,
                     placement=None) -> tuple[ViewServer, LiveFeed]:
     """Serve a live page of ``series``; publish steps to the returned feed (``feed.publish_record``)."""
-    from meshemu.view.scene import build_scene
 
     feed = LiveFeed(time_scale)
     scene = build_scene(series, pairs=pairs, placement=placement, title=title or f"{series.constellation} (live)")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshemu.errors import InputError
+from meshemu.experiments.plan import build_series
+from meshemu.experiments.spec import load_experiment
 from meshemu.links import LinkSeries
 from meshemu.view.scene import Placement, build_scene
 
@@ -52,14 +54,11 @@ def _results_folder(folder: Path) -> ViewSource:
         subs = sorted(p.parent.name for p in folder.glob("*/config.yaml"))
         hint = f"; a sweep: view one of its runs, e.g. {folder / subs[0]}" if subs else ""
         raise InputError(f"not a meshemu results folder (no config.yaml){hint}", file=folder)
-    from meshemu.experiments.spec import load_experiment
 
     spec = load_experiment(config)
     if (folder / SERIES_FILE).exists():
         series = LinkSeries.load(folder / SERIES_FILE)
     else:
-        from meshemu.experiments.plan import build_series
-
         series = build_series(spec)
     meta = json.loads(run_json.read_text()) if run_json.exists() else {}
     ranks = _rank_nodes(meta)
