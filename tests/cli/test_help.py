@@ -65,3 +65,22 @@ class TestHelp:
 def test_the_walk_sees_every_subcommand():
     names = {" ".join(p) for p, _ in COMMANDS}
     assert {"rtt", "topology", "generate", "run", "emulate", "bench topology"} <= names
+
+
+@pytest.mark.parametrize("old,new", [("--duration-s", "--duration"), ("--step-s", "--step"), ("--start-s", "--start")])
+def test_a_retired_spelling_is_refused_with_the_new_one(capsys, old, new):
+    from meshemu.cli import main
+
+    assert main(["generate", "hi", "--loopback", old, "5"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{old} is now {new}" in err, err
+
+
+def test_every_window_is_spelled_start_duration_step():
+    """One spelling across subcommands: no live option spells the window with an -s suffix."""
+    for path, parser in COMMANDS:
+        for action in parser._actions:
+            for option in action.option_strings:
+                if action.help == argparse.SUPPRESS:
+                    continue  # a retired spelling, refused
+                assert option not in ("--start-s", "--duration-s", "--step-s", "--window-s"), (path, option)
