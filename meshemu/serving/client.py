@@ -159,16 +159,26 @@ class ServingClient:
 
 
 # -- a job: what the CLI asks a client in a ground station's namespace to do ---------------------
-def run_job(job: ServingJob, emit) -> None:
+def run_job(job: ServingJob, emit, controller=None) -> None:
     """Load the plan, run the requests (``concurrency`` at a time, ``gap_s`` apart), and ``emit`` events (dicts).
 
     Events: ``loaded`` (the shards' replies), ``token`` (as each arrives),
     ``request`` (its record, and its error if it failed), ``shards`` (their metrics).
+    With ``job.recovery`` enabled and a ``controller`` (see :mod:`meshemu.serving.recovery`),
+    a request that loses a rank is recovered instead of failed.
     """
+    from meshemu.serving.recovery import RecoveringClient  # it builds on this module
+
     requests = job.requests
-    with ServingClient(job.plan, step_timeout_s=job.step_timeout_s) as client:
-        client.wait_ready(job.connect_timeout_s)
-        replies = client.load(job.load_timeout_s)
+    if job.recovery.enabled and controller is not None:
+        client = RecoveringClient(job.plan, job.recovery, controller, timeout_s=job.timeout_s,
+                                  load_timeout_s=job.load_timeout_s)
+        ready = client.client
+    else:
+        client = ready = ServingClient(job.plan, step_timeout_s=job.step_timeout_s)
+    try:
+        ready.wait_ready(job.connect_timeout_s)
+        replies = ready.load(job.load_timeout_s)
         emit({"event": "loaded", "replies": [_load_row(r) for r in replies]})
         lock = threading.Lock()
 
@@ -181,14 +191,39 @@ def run_job(job: ServingJob, emit) -> None:
             if first and job.gap_s:
                 time.sleep(job.gap_s)  # let the mesh move between batches
             batch = requests[first:first + job.concurrency]
-            for k, res in enumerate(client.generate_many(batch, timeout_s=job.timeout_s,
-                                                         on_token=lambda i, ev, rec, f=first: on_token(f + i, ev, rec))):
+            hook = lambda i, ev, rec, f=first: on_token(f + i, ev, rec)  # noqa: E731
+            results = (client.generate_many(batch, on_token=hook) if client is not ready
+                       else client.generate_many(batch, timeout_s=job.timeout_s, on_token=hook))
+            for k, res in enumerate(results):
                 i = first + k
                 if isinstance(res, ServingError):
                     emit({"event": "request", "request": i, "error": str(res), "record": _record_row(res.record)})
                 else:
                     emit({"event": "request", "request": i, "record": _record_row(res)})
         emit({"event": "shards", "metrics": client.metrics()})
+    finally:
+        client.close()
+
+
+class PipeController:
+    """The client's side of recovery in a ground station's namespace: ask the deployment on stdout, read its
+    answer from stdin (one JSON line each way)."""
+
+    def __init__(self, emit, answers):
+        self.emit, self.answers = emit, answers
+
+    def __call__(self, lost, plan, noticed_clock_s):
+        from meshemu.serving.recovery import Instruction
+
+        self.emit({"event": "lost", "ranks": list(lost), "nodes": list(plan.nodes), "clock_s": noticed_clock_s})
+        line = self.answers.readline()
+        if not line:
+            return None
+        answer = json.loads(line)
+        if answer.get("event") != "recover":
+            return None
+        return Instruction(tuple(answer["ranks"]), tuple(answer["nodes"]), answer["place_s"], answer["waited_s"],
+                           answer["note"])
 
 
 def _load_row(r) -> dict:
@@ -208,7 +243,7 @@ def _record_row(rec: RequestRecord) -> dict:
 def record_from_row(row: dict) -> RequestRecord:
     rec = RequestRecord(row["request_id"], row["prompt_tokens"], stop_reason=row["stop_reason"],
                         error=row["error"], sent_clock_s=row["sent_clock_s"],
-                        stage_compute_s=row["stage_compute_s"])
+                        stage_compute_s=row["stage_compute_s"], recoveries=row["recoveries"])
     for t in row["token_rows"]:
         rec.add_token(t["index"], t["token"], t["arrival_s"], cycle_s=t["cycle_s"], compute_s=t["compute_s"],
                       collective_s=t["collective_s"], clock_s=t["clock_s"])
@@ -219,23 +254,27 @@ def record_from_row(row: dict) -> RequestRecord:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m meshemu.serving.client",
                                      description="Run a serving job (JSON) and print events as JSON lines.")
-    parser.add_argument("--job", required=True, help="the job file (JSON), or - for stdin")
+    parser.add_argument("--job", required=True,
+                        help="the job file (JSON), or - for stdin: its first line; later lines answer recoveries")
     args = parser.parse_args(argv)
     from meshemu.serving.shard import die_with_parent  # here: the shard's module pulls in the model
 
     die_with_parent()
     if args.job == "-":
-        text = sys.stdin.read()
+        text = sys.stdin.readline()
     else:
         with open(args.job) as f:
             text = f.read()
 
+    lock = threading.Lock()  # request threads and a recovery write events at once: whole lines only
+
     def emit(event):
-        sys.stdout.write(json.dumps(event) + "\n")
-        sys.stdout.flush()
+        with lock:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
 
     try:
-        run_job(ServingJob.from_json(text), emit)
+        run_job(ServingJob.from_json(text), emit, controller=PipeController(emit, sys.stdin))
     except MeshemuError as err:
         emit({"event": "error", "message": str(err)})
         return 2

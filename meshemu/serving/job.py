@@ -70,6 +70,36 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """What the client does when a rank is lost mid-request.
+
+    ``fail`` ends the request with the error (as serving always did);
+    ``replace`` has the deployment start the rank's shard on a spare satellite;
+    ``wait`` waits for the lost satellite to come back when that is sooner than
+    a replacement. Either way the client reloads the plan and re-prefills the
+    prompt and the tokens generated so far, so greedy tokens are unchanged.
+    ``weights`` says what a replacement's load stands for: ``on_board`` (every
+    satellite carries the weights) or ``uplink`` (the shard's weights are sent
+    up at ``uplink_rate_mbps`` first, modelled as a wait of its size over that rate).
+    """
+
+    policy: Literal["fail", "replace", "wait"] = "fail"
+    detect_timeout_s: float = 2.0  # no token for this long: the client looks for a lost rank
+    weights: Literal["on_board", "uplink"] = "on_board"
+    uplink_rate_mbps: float | None = None
+
+    def __post_init__(self):
+        if not self.detect_timeout_s > 0:
+            raise InputError(f"recovery.detect_timeout_s must be greater than 0 s, got {self.detect_timeout_s}")
+        if self.weights == "uplink" and not (self.uplink_rate_mbps or 0) > 0:
+            raise InputError("recovery.weights uplink needs uplink_rate_mbps greater than 0 (the GSL's rate)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy != "fail"
+
+
+@dataclass(frozen=True)
 class ServingJob:
     """The requests a client sends to a plan's shards: ``concurrency`` at a time, ``gap_s`` apart."""
 
@@ -81,6 +111,7 @@ class ServingJob:
     step_timeout_s: float = 10.0  # longest wait for one token or one peer
     connect_timeout_s: float = 30.0
     load_timeout_s: float = 300.0
+    recovery: Recovery = Recovery()
 
     def __post_init__(self):
         object.__setattr__(self, "requests", tuple(self.requests))

@@ -51,6 +51,7 @@ class RequestRecord:
     error: str = ""
     sent_clock_s: float = 0.0  # time.monotonic() when sent
     stage_compute_s: list = field(default_factory=list)  # per token: [stage0, stage1, ...]
+    recoveries: list = field(default_factory=list)  # one dict per lost rank recovered (serving.recovery)
 
     def add_token(self, index, token, arrival_s, *, cycle_s, compute_s, collective_s, clock_s=0.0,
                   stage_compute_s=None) -> None:
@@ -71,15 +72,19 @@ class RequestRecord:
             return out
         arrivals = [t.arrival_s for t in self.tokens]
         ttft, e2e = arrivals[0], arrivals[-1]
-        itl = [b - a for a, b in itertools.pairwise(arrivals)]
-        decode = self.tokens[1:]
+        # the first token after a recovery waited for the recovery: its gap is recovery time, not decoding
+        resumed = {r["tokens_before"] for r in self.recoveries}
+        itl = [b - a for (a, b), t in zip(itertools.pairwise(arrivals), self.tokens[1:]) if t.index not in resumed]
+        gaps = sum(b - a for (a, b), t in zip(itertools.pairwise(arrivals), self.tokens[1:]) if t.index in resumed)
+        decode = [t for t in self.tokens[1:] if t.index not in resumed]
+        n_decode = len(decode)
         out.update({
             "ttft_s": ttft, "e2e_s": e2e,
-            "tpot_s": (e2e - ttft) / (n - 1) if n > 1 else None,
+            "tpot_s": (e2e - ttft - gaps) / n_decode if n_decode else None,
             "itl_s": itl, "itl_p50_s": statistics.median(itl) if itl else None,
             "itl_p99_s": sorted(itl)[min(len(itl) - 1, int(0.99 * len(itl)))] if itl else None,
             "tokens_per_s": n / e2e if e2e > 0 else None,
-            "decode_tokens_per_s": (n - 1) / (e2e - ttft) if n > 1 and e2e > ttft else None,
+            "decode_tokens_per_s": n_decode / (e2e - ttft - gaps) if n_decode and e2e - ttft - gaps > 0 else None,
             "prefill_compute_s": self.tokens[0].compute_s,
             "prefill_collective_s": self.tokens[0].collective_s,
         })
@@ -91,6 +96,9 @@ class RequestRecord:
                 "collective_s_per_token": sum(t.collective_s for t in decode) / m,
                 "hop_s_per_token": sum(t.hop_s for t in decode) / m,
             })
+        if self.recoveries:
+            out["recovered"] = True
+            out["recoveries"] = self.recoveries
         if len(self.stage_compute_s) > 1:
             per_stage = list(zip(*self.stage_compute_s[1:]))
             out["stage_compute_s_per_token"] = [statistics.median(s) for s in per_stage]
