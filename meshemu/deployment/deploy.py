@@ -16,6 +16,8 @@ whatever the namespace), and the run records its offset to wall time once.
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from meshemu.deployment.failover import Failover
+from meshemu.deployment.faults import FaultSchedule
 from meshemu.deployment.plan import MeshRun
 from meshemu.emulation.emulation import Emulation
 from meshemu.emulation.kernel import require_root
@@ -53,6 +57,10 @@ class Deployment:
     events: list = field(default_factory=list)  # the client's, in arrival order
     probes: list = field(default_factory=list)  # Probe per probed pair and step
     path_checks: list = field(default_factory=list)  # PathCheck per probed pair and step
+    schedule: FaultSchedule | None = None  # the faults, and what fired when
+    recoveries: list = field(default_factory=list)  # the deployment's side of each recovery
+    rank_history: list = field(default_factory=list)  # (clock_s, rank nodes) from each change on
+    shard_start_s: float = 0.0  # starting the shards' processes (what a replacement's start costs)
 
     def node(self, name) -> int:
         return self.series.short_index(name)
@@ -90,11 +98,25 @@ class Deployment:
                 "shaping": {"shaper": self.run.shaper, "rate_bps": self.run.shaping.rate_bps,
                             "loss": self.run.shaping.loss},
                 "time_scale": self.run.time_scale, "clock": self.clock_origin, "player": self.player_summary(),
-                "routing": self.routes.summary(), "load": self.load_replies()}
+                "routing": self.routes.summary(), "load": self.load_replies(), "shard_start_s": self.shard_start_s,
+                "recoveries": self.recoveries,
+                "rank_history": [{"clock_s": t, "rank_nodes": list(n)} for t, n in self.rank_history]}
+
+    def rank_nodes_at(self, clock_s: float) -> tuple[str, ...]:
+        """Where the ranks were at ``clock_s`` (they move when a recovery replaces one)."""
+        nodes = self.rank_nodes
+        for t, n in self.rank_history:
+            if t <= clock_s:
+                nodes = n
+        return nodes
 
     def load_replies(self) -> list:
         """Each shard's answer to Load (its layers, weight bytes and how long loading took)."""
         return next((e["replies"] for e in self.events if e["event"] == "loaded"), [])
+
+    def connect_load_s(self) -> float:
+        """What connecting to every shard and loading the plan took the client at the start."""
+        return next((e["connect_load_s"] for e in self.events if e["event"] == "loaded"), 0.0)
 
 
 def emulation_of(series, run: MeshRun, routes: ForwardingStates | None = None, log=None) -> Emulation:
@@ -102,46 +124,54 @@ def emulation_of(series, run: MeshRun, routes: ForwardingStates | None = None, l
     return Emulation(series, shaper=run.shaper, shaping=run.shaping, prefix=run.prefix, routes=routes, log=log)
 
 
-def deploy(series, run: MeshRun, *, routes: ForwardingStates | None = None, on_event=None, on_step=None,
-           log=None) -> Deployment:
+def deploy(series, run: MeshRun, *, on_event=None, on_step=None, log=None) -> Deployment:
     """Place the ranks, build the mesh, serve ``run.job`` from ``run.ground_station``; everything stops on return.
 
-    ``on_event(event)`` sees each of the client's events as it arrives;
-    ``on_step(emulation, record)`` runs in the player's thread after each step.
-    Raises :class:`~meshemu.errors.MeshemuError` when the client reports an error.
+    The mesh plays ``series`` with the run's faults and link acquisition applied
+    (``Deployment.series``). ``on_event(event)`` sees each of the client's events
+    as it arrives; ``on_step(emulation, record)`` runs in the player's thread after
+    each step. Raises :class:`~meshemu.errors.MeshemuError` when the client reports an error.
     """
     require_root()
     log = log or (lambda line: print(f"meshemu: {line}", file=sys.stderr))
-    routes = routes or ForwardingStates(series)
-    gs = series.short_index(run.ground_station)
-    rank_nodes = tuple(place(run.placement, run.n_ranks, series, routes, gs, step=run.start_step))
-    client = series.short_names[gs]
+    schedule = FaultSchedule(series, run.faults, acquisition_s=run.acquisition_s)
+    schedule.check(run.n_ranks)
+    played = schedule.series
+    routes = ForwardingStates(played)
+    gs = played.short_index(run.ground_station)
+    rank_nodes = tuple(place(run.placement, run.n_ranks, played, routes, gs, step=run.start_step))
+    client = played.short_names[gs]
     log(f"placement {run.placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(rank_nodes))
         + f"; client at {client}")
-    pairs = [(series.short_index(a), series.short_index(b)) for a, b in run.probes]
+    rank_faults = [schedule.step_of(f.at_s) for f in run.faults if f.rank is not None]
+    if rank_faults:  # rank:N faults strike who holds rank N: known now
+        schedule.remap(rank_nodes, min(rank_faults))
+        routes.invalidate(min(rank_faults))
+    pairs = [(played.short_index(a), played.short_index(b)) for a, b in run.probes]
     if run.probe_client:
-        pairs.append((gs, series.short_index(rank_nodes[0])))
-    routes.watch([gs, *(series.short_index(n) for n in rank_nodes), *(v for p in pairs for v in p)])
-    dep = Deployment(run, series, routes, rank_nodes, client)
-    with emulation_of(series, run, routes, log) as emu, ShardProcesses() as procs, _Prober(pairs, dep) as prober:
+        pairs.append((gs, played.short_index(rank_nodes[0])))
+    routes.watch([gs, *(played.short_index(n) for n in rank_nodes), *(v for p in pairs for v in p)])
+    dep = Deployment(run, played, routes, rank_nodes, client, schedule=schedule)
+    with emulation_of(played, run, routes, log) as emu, ShardProcesses() as procs, _Prober(pairs, dep) as prober:
         dep.backend = emu.backend
         dep.capabilities = emu.capabilities.as_dict() if emu.capabilities else None
-        ids = [emu.plan.node(n) for n in rank_nodes]
-        dep.addresses = procs.start_shards([f"{emu.plan.addresses[i]}:0" for i in ids], nodes=list(rank_nodes),
-                                           prefixes=[emu.command_prefix(i) for i in ids],
-                                           step_timeout_s=run.job.step_timeout_s)
+        failover = Failover(dep, schedule, emu, procs, log)
+        dep.addresses = failover.start_ranks()
+        dep.shard_start_s = failover.shard_start_s
         job = run.job.placed(dep.addresses, rank_nodes)
         player = Player(emu, time_scale=run.time_scale)
 
         def stepped(rec):
-            dep.step_clock.append((rec.step, player.started_at + rec.applied_s))
+            clock_s = player.started_at + rec.applied_s
+            dep.step_clock.append((rec.step, clock_s))
             dep.step_records.append(rec)
+            failover.at_step(rec, clock_s)
             prober.step(emu, rec)
             if on_step is not None:
                 on_step(emu, rec)
 
         def play():
-            player.play(run.start_step, series.n_steps - run.start_step, on_step=stepped)
+            player.play(run.start_step, played.n_steps - run.start_step, on_step=stepped)
 
         player_thread = threading.Thread(target=play, name="player", daemon=True)
         dep.clock_origin = {"monotonic_s": time.monotonic(), "wall_time": time.time()}
@@ -149,13 +179,15 @@ def deploy(series, run: MeshRun, *, routes: ForwardingStates | None = None, on_e
                                   prefix=emu.command_prefix(gs), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=tempfile.TemporaryFile("w+"), text=True)  # noqa: SIM115 - closed by procs
         try:
-            client_proc.stdin.write(job.to_json())
-            client_proc.stdin.close()
-            for line in client_proc.stdout:
-                event = json.loads(line)
+            client_proc.stdin.write(job.to_json() + "\n")  # then stdin stays open: recoveries are answered there
+            client_proc.stdin.flush()
+            for event in _lines(client_proc, failover):
                 if event["event"] == "loaded" and not player_thread.is_alive():
                     player_thread.start()
                 dep.events.append(event)
+                if event["event"] == "lost":
+                    client_proc.stdin.write(json.dumps(failover.answer(event)) + "\n")
+                    client_proc.stdin.flush()
                 if on_event is not None:
                     on_event(event)
             client_proc.wait()
@@ -165,6 +197,7 @@ def deploy(series, run: MeshRun, *, routes: ForwardingStates | None = None, on_e
             player.stop()
             if player_thread.is_alive():
                 player_thread.join()
+        dep.recoveries = failover.decisions
     if dep.backend == "none":
         log("shaper none: links carry no delay; predictions use zero path delays")
     errors = [e["message"] for e in dep.events if e["event"] == "error"]
@@ -175,6 +208,28 @@ def deploy(series, run: MeshRun, *, routes: ForwardingStates | None = None, on_e
         raise MeshemuError(f"the client at {client} exited with status {client_proc.returncode}"
                            + (f": {tail[-1]}" if tail else ""))
     return dep
+
+
+def _lines(proc, failover):
+    """The client's events as they come, doing the failover's work (restarting shards) in between."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    fd, buffer = proc.stdout.fileno(), b""
+    try:
+        while True:
+            failover.work()
+            if not sel.select(timeout=0.05):
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+    finally:
+        sel.close()
 
 
 class _Prober:

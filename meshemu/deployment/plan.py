@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshemu.deployment.faults import Fault
 from meshemu.emulation.naming import DEFAULT_PREFIX
 from meshemu.emulation.shaping import ShapingConfig
 from meshemu.errors import InputError
@@ -43,6 +44,8 @@ class MeshRun:
     probes: tuple[tuple[str, str], ...] = ()  # node pairs whose RTT and path are measured every step
     probe_client: bool = True  # also probe the client's station to rank 0
     prefix: str = DEFAULT_PREFIX  # of every namespace (what 'meshemu clean' removes after a kill -9)
+    faults: tuple[Fault, ...] = ()  # what fails when, in series time after the window's start
+    acquisition_s: float = 0.0  # a link that comes into range carries traffic only this long after
 
     def __post_init__(self):
         check_strategy(self.placement)
@@ -53,6 +56,8 @@ class MeshRun:
                              "or use netem (or auto)")
         if not 0 < self.time_scale <= 1e6:
             raise InputError(f"time scale must be greater than 0 and at most 1e6, got {self.time_scale}")
+        if not (0 <= self.acquisition_s < 1e6):
+            raise InputError(f"links.acquisition_s must be 0 s or more, got {self.acquisition_s}")
         if self.start_step < 0:
             raise InputError(f"start step must be 0 or more, got {self.start_step}")
 

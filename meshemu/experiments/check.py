@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation, read_ground_stations
 from meshemu.constellation.propagate import check_window
+from meshemu.deployment.faults import FaultSchedule
 from meshemu.emulation.mesh import check_namespace_limit
 from meshemu.errors import InputError
 from meshemu.experiments.plan import plan_run, resolve, time_grid
@@ -104,6 +105,8 @@ def check_experiment(spec) -> CheckReport:
                          f"exceed {config.name or 'the model'}'s context of {config.max_context} tokens",
                          file=spec.source or None, field="workload.max_new_tokens")
     with _at(spec, "shaping"):
-        plan_run(spec, source, config, tok)  # the plan a run would carry out, checked as a whole
+        run = plan_run(spec, source, config, tok)  # the plan a run would carry out, checked as a whole
+    with _at(spec, "faults"):
+        FaultSchedule(first, run.faults).check(run.n_ranks, window_s=spec.window.duration_s)
     return CheckReport(c.size, len(stations), len(grid), tuple(rank_nodes), config.name or spec.model.source,
                        config.n_layers, longest)

@@ -70,10 +70,13 @@ def plan_run(spec: ExperimentSpec, source: str, config, tok) -> MeshRun:
         ids, stops = prompt_ids(text, config, tok, w.chat_template)
         requests.append(Request(tuple(ids), max_new_tokens=w.max_new_tokens, temperature=0.0, top_p=1.0,
                                 seed=spec.seed + i, stop_ids=stops, request_id=uuid.uuid4().hex))
+    # with recovery on, a token that is detect_timeout_s late means a lost rank: the step timeout is that
+    step_timeout_s = spec.recovery.detect_timeout_s if spec.recovery.enabled else STEP_TIMEOUT_S
     job = ServingJob(ServingPlan(source, tp=p.tp, pp=p.pp, allreduce=p.allreduce, compute=spec.model.compute),
                      tuple(requests), concurrency=w.concurrency, gap_s=w.gap_s, timeout_s=REQUEST_TIMEOUT_S,
-                     step_timeout_s=STEP_TIMEOUT_S)
+                     step_timeout_s=step_timeout_s, recovery=spec.recovery)
     sh = spec.shaping
     shaping = ShapingConfig(rate_bps=None if sh.rate_mbps is None else sh.rate_mbps * 1e6, loss=sh.loss)
     return MeshRun(job, ground_station=spec.ground_station, placement=spec.placement, shaper=sh.backend,
-                   shaping=shaping, time_scale=spec.time_scale, probes=tuple(tuple(pair) for pair in spec.probes))
+                   shaping=shaping, time_scale=spec.time_scale, probes=tuple(tuple(pair) for pair in spec.probes),
+                   faults=spec.faults, acquisition_s=spec.links.acquisition_s)

@@ -132,6 +132,9 @@ def write_report(result, series, dep) -> None:
     if failed:
         lines += ["Failed requests: " + "; ".join(f"request {r.get('request')}: {r['error']}" for r in failed), ""]
     lines += _questions_and_answers(result.requests, client, dep.rank_nodes)
+    if result.faults:
+        plot_tokens_with_faults(result, folder / "faults.png")
+        lines += _faults_section(result)
     probe = meta.get("probes") or {}
     player = meta.get("player") or {}
     lines += [
@@ -157,6 +160,61 @@ def write_report(result, series, dep) -> None:
         f"`meshemu view {folder} --export {folder}/view.html` for one page that opens without a server.", "",
     ]
     (folder / "report.md").write_text("\n".join(lines))
+
+
+def plot_tokens_with_faults(result, path):
+    """Tokens of each request over the run's time, each fault's moment and outage marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    toks = result.tokens
+    if not toks:
+        plt.close(fig)
+        return
+    t0 = min(t["clock_s"] for t in toks)
+    for i, req in enumerate(result.requests):
+        mine = sorted((t for t in toks if t.get("request") == req.get("request")), key=lambda t: t["index"])
+        ax.plot([t["clock_s"] - t0 for t in mine], [t["index"] for t in mine], ".", markersize=3, color=f"C{i % 10}",
+                label=f"request {req.get('request')}" + (" (recovered)" if req.get("recovered") else ""))
+    for f in result.faults:
+        if f.get("fired_clock_s") is None:
+            continue
+        start = f["fired_clock_s"] - t0
+        end = (f["ended_clock_s"] - t0) if f.get("ended_clock_s") is not None else None
+        ax.axvline(start, color="red", linewidth=1)
+        if end is not None:
+            ax.axvspan(start, end, color="red", alpha=0.08)
+        ax.text(start, ax.get_ylim()[1] * 0.95, f" {f['kind']} {f['node'] or f['target']}", color="red", fontsize=7,
+                va="top")
+    ax.set_xlabel("time since the run's first token (s)")
+    ax.set_ylabel("token index")
+    ax.set_title(f"{result.spec.name}: tokens as faults strike (red: fault, shaded: outage)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _faults_section(result) -> list[str]:
+    lines = ["## Faults and recovery", "", "| fault | kind | target | struck | series time s | for s |",
+             "|---|---|---|---|---|---|"]
+    for f in result.faults:
+        lines.append(f"| {f['fault']} | {f['kind']} | {f['target']} | {f['node'] or '-'} | {f['at_s']:g} | "
+                     f"{_fmt(f['for_s'] if f['for_s'] is not None else f['reboot_s'])} |")
+    lines += ["", "Each recovery, from the fault to the first token after it, measured (predicted), in ms:", "",
+              "| request | fault | lost -> new | decision | detect | probe | place | load | re-prefill | total | error |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ms = lambda v: "-" if v is None else f"{v * 1e3:.0f}"  # noqa: E731
+    for r in result.recoveries:
+        parts = " | ".join(f"{ms(r[p])} ({ms(r['predicted_' + p])})" for p in
+                           ("detect_s", "probe_s", "place_s", "load_s", "reprefill_s"))
+        err = "-" if r["recovery_error"] is None else f"{r['recovery_error'] * 100:+.1f} %"
+        lines.append(f"| {r['request']} | {r['fault']} | {r['lost_nodes'] or '-'} -> {r['new_nodes']} | "
+                     f"{r['decision']} | {parts} | {ms(r['recovery_s'])} ({ms(r['predicted_recovery_s'])}) | {err} |")
+    same = [q for q in result.requests if q.get("faults")]
+    lines += ["", f"{sum(1 for q in same if q.get('recovered'))} of {len(same)} requests a fault struck recovered. "
+              "`faults.csv` lists what fired and when; `recoveries.csv` the parts.", "",
+              "![tokens and faults](faults.png)", ""]
+    return lines
 
 
 def _questions_and_answers(requests, client, rank_nodes) -> list[str]:

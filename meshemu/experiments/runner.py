@@ -25,6 +25,7 @@ import yaml
 from meshemu.deployment import deploy
 from meshemu.emulation.probe import error_summary, path_summary
 from meshemu.experiments.plan import build_series, plan_run, request_texts
+from meshemu.experiments.recovery import recovery_rows
 from meshemu.experiments.report import write_report, write_sweep_report
 from meshemu.experiments.spec import ExperimentSpec, as_dict, expand, load_experiment
 from meshemu.serving.client import record_from_row
@@ -34,7 +35,8 @@ from meshemu.serving.session import describe_model, make_context
 
 SUMMARY_COLUMNS = ("name", "tp", "pp", "allreduce", "placement", "compute", "backend", "requests", "failed",
                    "tokens", "ttft_ms", "predicted_ttft_ms", "tpot_ms", "predicted_tpot_ms", "tpot_error_pct",
-                   "decode_tokens_per_s", "e2e_s", "itl_p50_ms", "itl_p99_ms", "rank_nodes")
+                   "decode_tokens_per_s", "e2e_s", "itl_p50_ms", "itl_p99_ms", "rank_nodes", "recoveries",
+                   "recovery_s", "predicted_recovery_s")
 
 
 @dataclass
@@ -47,10 +49,12 @@ class ExperimentResult:
     probes: list = field(default_factory=list)
     paths: list = field(default_factory=list)  # PathCheck per probe pair and probed step
     routes: list = field(default_factory=list)  # routes.csv rows
+    recoveries: list = field(default_factory=list)  # recoveries.csv rows: measured beside predicted, by part
+    faults: list = field(default_factory=list)  # faults.csv rows: what fired, where and when
 
 
-def run_experiment(spec: ExperimentSpec, folder: Path, log=None) -> ExperimentResult:
-    """Run one (already expanded) experiment and write its results folder."""
+def run_experiment(spec: ExperimentSpec, folder: Path, log=None, *, on_step=None, on_event=None) -> ExperimentResult:
+    """Run one (already expanded) experiment and write its results folder (``on_step``, ``on_event``: see deploy)."""
     log = log or (lambda line: print(f"meshemu: {line}", file=sys.stderr))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(as_dict(spec), sort_keys=False))
@@ -61,27 +65,38 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None) -> ExperimentRe
     log(f"{spec.name}: {series.constellation}, {series.n_steps} steps of {spec.window.step_s:g} s, "
         f"{spec.parallelism.label}, placement {spec.placement}, client at {spec.ground_station}")
     t0 = time.monotonic()
-    dep = deploy(series, run, log=log)
+    dep = deploy(series, run, log=log, on_step=on_step, on_event=on_event)
     wall_s = time.monotonic() - t0
     p = spec.parallelism
     ctx = make_context(config, device, tp=p.tp, pp=p.pp, allreduce=p.allreduce, rank_nodes=dep.rank_nodes,
                        client_node=dep.client_node, where=dep)
     texts = request_texts(spec)
-    request_rows, token_rows = [], []
+    request_rows, token_rows, recoveries = [], [], []
     for event in sorted((e for e in dep.events if e["event"] == "request"), key=lambda e: e["request"]):
         rec = record_from_row(event["record"])
         row, tokens, _, _ = analyse(rec, ctx)
         i = event["request"]
         row.update(request=i, prompt=texts[i], answer=_decode(tok, rec.token_ids),
                    error=event.get("error", row.get("error", "")))
+        mine = recovery_rows(dep, rec, ctx, row)
+        hit = {r["fault"] for r in mine} | _faults_during(dep, rec)
+        row.update(faults=sorted(hit), recovered=bool(mine) and not row["error"],
+                   recovery_s=[r["recovery_s"] for r in mine], predicted_recovery_s=[r["predicted_recovery_s"] for r in mine])
+        recoveries += mine
         request_rows.append(row)
         token_rows += [dict(t, request=i) for t in tokens]
     result = ExperimentResult(spec, folder, {}, request_rows, token_rows, dep.probes, dep.path_checks,
-                              route_rows(dep))
+                              route_rows(dep), recoveries, dep.schedule.rows())
     result.summary = _summary(spec, dep, request_rows)
-    _write(result, series, dep, wall_s, config)
-    write_report(result, series, dep)
+    _write(result, dep.series, dep, wall_s, config)
+    write_report(result, dep.series, dep)
     return result
+
+
+def _faults_during(dep, rec) -> set[int]:
+    """Faults that fired while the request was in flight."""
+    end = rec.tokens[-1].clock_s if rec.tokens else rec.sent_clock_s
+    return {i for i, f in dep.schedule.fired.items() if rec.sent_clock_s <= f["clock_s"] <= end}
 
 
 def _decode(tok, ids) -> str:
@@ -110,7 +125,13 @@ def _summary(spec, dep, rows) -> dict:
             "tpot_error_pct": round((tpot / pred - 1) * 100, 2) if tpot and pred else None,
             "decode_tokens_per_s": _mean(ok, "decode_tokens_per_s"), "e2e_s": _mean(ok, "e2e_s"),
             "itl_p50_ms": _ms(_mean(ok, "itl_p50_s")), "itl_p99_ms": _ms(_mean(ok, "itl_p99_s")),
-            "rank_nodes": " ".join(dep.rank_nodes)}
+            "rank_nodes": " ".join(dep.rank_nodes), "recoveries": sum(len(r.get("recovery_s") or []) for r in rows),
+            "recovery_s": _mean_of_lists(rows, "recovery_s"), "predicted_recovery_s": _mean_of_lists(rows, "predicted_recovery_s")}
+
+
+def _mean_of_lists(rows, key):
+    vals = [v for r in rows for v in (r.get(key) or []) if v is not None]
+    return round(sum(vals) / len(vals), 3) if vals else None
 
 
 def _write(result, series, dep, wall_s, config) -> None:
@@ -139,6 +160,15 @@ def _write(result, series, dep, wall_s, config) -> None:
         for row in result.requests + result.tokens:
             f.write(json.dumps(row, default=str) + "\n")
     _csv(folder / "summary.csv", [result.summary], SUMMARY_COLUMNS)
+    if result.faults:
+        _csv(folder / "faults.csv", result.faults)
+        _csv(folder / "recoveries.csv", result.recoveries, RECOVERY_COLUMNS)
+
+
+RECOVERY_COLUMNS = ("request", "recovery", "fault", "kind", "target", "lost_nodes", "new_nodes", "decision",
+                    "tokens_before", "recovery_s", "predicted_recovery_s", "recovery_error",
+                    "detect_s", "predicted_detect_s", "probe_s", "predicted_probe_s", "place_s", "predicted_place_s",
+                    "load_s", "predicted_load_s", "reprefill_s", "predicted_reprefill_s")
 
 
 def route_rows(dep) -> list[dict]:
@@ -168,14 +198,14 @@ def _csv(path, rows, columns=None) -> None:
         w.writerows(rows)
 
 
-def run_file(path, out: Path | None = None, log=None) -> list[ExperimentResult]:
+def run_file(path, out: Path | None = None, log=None, *, on_step=None, on_event=None) -> list[ExperimentResult]:
     """``meshemu run``: every value of a sweep in its own folder, and a comparison across them."""
     spec = load_experiment(path)
     out = Path(out) if out else Path("results") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     specs = expand(spec)
     if len(specs) == 1:
-        return [run_experiment(specs[0], out, log)]
-    results = [run_experiment(s, out / s.name, log) for s in specs]
+        return [run_experiment(specs[0], out, log, on_step=on_step, on_event=on_event)]
+    results = [run_experiment(s, out / s.name, log, on_step=on_step, on_event=on_event) for s in specs]
     _csv(out / "summary.csv", [r.summary for r in results], SUMMARY_COLUMNS)
     (out / "config.yaml").write_text(yaml.safe_dump(as_dict(spec), sort_keys=False))
     write_sweep_report(spec, results, out)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from meshemu.config import check_name
 from meshemu.config import from_mapping, load_yaml
+from meshemu.deployment.faults import Fault
+from meshemu.serving.job import Recovery
 from meshemu.errors import InputError
 from meshemu.serving.placement import check_strategy
 
@@ -97,6 +99,15 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class Links:
+    acquisition_s: float = 0.0  # a newly appearing ISL or GSL carries traffic only this long after
+
+    def __post_init__(self):
+        if not 0 <= self.acquisition_s < 1e6:
+            raise ValueError(f"links.acquisition_s must be 0 s or more, got {self.acquisition_s}")
+
+
+@dataclass(frozen=True)
 class Sweep:
     field: str  # a dotted path such as parallelism.tp
     values: tuple[Any, ...] = ()
@@ -117,6 +128,9 @@ class ExperimentSpec:
     placement: str = "plane"
     workload: Workload = Workload()
     probes: tuple[tuple[str, ...], ...] = ()  # extra node pairs whose RTT is measured every step
+    links: Links = Links()
+    faults: tuple[Fault, ...] = ()  # what fails when (seconds after the window's start)
+    recovery: Recovery = Recovery()  # what the client does when it loses a rank
     seed: int = 0
     sweep: Sweep | None = None
     source: str = field(default="", compare=False)  # the file it came from

@@ -93,6 +93,14 @@ class ForwardingStates:
         cols = np.asarray(self._watch)
         self._watched[k] = WatchedColumns(np.ascontiguousarray(table[:, cols]), np.ascontiguousarray(length_m[:, cols]))
 
+    def invalidate(self, from_step: int) -> None:
+        """Forget steps ``from_step`` on: the series changed there (a fault moved with its rank)."""
+        with self._lock:
+            for k in [k for k in self._tables if k >= from_step]:
+                del self._tables[k]
+            for k in [k for k in self._watched if k >= from_step]:
+                del self._watched[k]
+
     # -- the states -----------------------------------------------------------------------------
     def state(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Step ``k``'s whole ``(next_hop, length_m)``, both (N + G, N + G) ``[node, destination]``."""

@@ -177,9 +177,10 @@ def run_job(job: ServingJob, emit, controller=None) -> None:
     else:
         client = ready = ServingClient(job.plan, step_timeout_s=job.step_timeout_s)
     try:
+        t0 = time.monotonic()
         ready.wait_ready(job.connect_timeout_s)
         replies = ready.load(job.load_timeout_s)
-        emit({"event": "loaded", "replies": [_load_row(r) for r in replies]})
+        emit({"event": "loaded", "replies": [_load_row(r) for r in replies], "connect_load_s": time.monotonic() - t0})
         lock = threading.Lock()
 
         def on_token(i, ev, rec):

@@ -36,6 +36,12 @@ from meshemu.serving.rpc import shard_pb2 as pb
 MAX_RECOVERIES = 8  # per request: a plan that keeps losing ranks is reported, not retried for ever
 
 
+def probe_timeout_s(detect_timeout_s: float) -> float:
+    """How long a rank has to answer Health: a live shard answers in a round trip (< 0.3 s even via GEO-like
+    paths), so a second is plenty, and the detect timeout bounds it."""
+    return min(detect_timeout_s, 1.0)
+
+
 @dataclass(frozen=True)
 class Instruction:
     """A controller's answer: the plan's addresses now (rank order), and what choosing them took."""
@@ -172,7 +178,7 @@ class RecoveringClient:
 
     def _lost_ranks(self) -> list[int]:
         """Ranks whose shard does not answer Health within the detect timeout (asked all at once)."""
-        timeout = self.recovery.detect_timeout_s
+        timeout = probe_timeout_s(self.recovery.detect_timeout_s)
 
         def alive(r) -> bool:
             try:

@@ -9,6 +9,7 @@ every step the request saw.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class RunContext:
     one_way_at: Callable = lambda step: _zero     # step -> (a, b) -> one-way delay s
     step_at: Callable = lambda clock_s: 0         # time.monotonic() -> step in force
     route_at: Callable | None = None              # (step, a, b) -> [node names]
+    rank_nodes_at: Callable | None = None         # time.monotonic() -> rank nodes then (ranks move on recovery)
 
     def pairs(self) -> list[tuple[str, int, int]]:
         """(label, from rank, to rank) of every path a token uses; rank -1 is the client."""
@@ -83,21 +85,25 @@ def analyse(record, ctx: RunContext) -> tuple[dict, list, list, Prediction | Non
     steps = [ctx.step_at(t["clock_s"]) for t in tokens]
     token_rows, cycles = [], []
     preds = {}
+    first_of = {}
     for t, k in zip(tokens, steps):
-        if k not in preds:
-            preds[k] = predict_at(ctx, k, stage_compute, prefill, record.prompt_tokens)
-        pred = preds[k]
+        nodes = tuple(ctx.rank_nodes_at(t["clock_s"])) if ctx.rank_nodes_at else tuple(ctx.rank_nodes)
+        if (k, nodes) not in preds:
+            here = ctx if nodes == tuple(ctx.rank_nodes) else dataclasses.replace(ctx, rank_nodes=list(nodes))
+            preds[(k, nodes)] = predict_at(here, k, stage_compute, prefill, record.prompt_tokens)
+        first_of.setdefault(k, preds[(k, nodes)])
+        pred = preds[(k, nodes)]
         predicted_cycle = pred.ttft_s if t["index"] == 0 else pred.tpot_s
         if t["index"] > 0:
             cycles.append(pred.tpot_s)
         token_rows.append({"kind": "token", "request_id": record.request_id, **t, "step": k,
                            "predicted_cycle_s": predicted_cycle})
-    first = preds[steps[1] if len(steps) > 1 else steps[0]]
+    first = first_of[steps[1] if len(steps) > 1 else steps[0]]
     row.update({
         "steps": sorted(set(steps)),
         "stage_compute_s_per_token": stage_compute,
         "compute_s_per_layer": sum(stage_compute) / max(1, sum(ctx.layers)),
-        "predicted_ttft_s": preds[steps[0]].ttft_s,
+        "predicted_ttft_s": first_of[steps[0]].ttft_s,
         "predicted_tpot_s": statistics.fmean(cycles) if cycles else None,
         "predicted_collective_s_per_token": first.collectives_s,
         "predicted_hop_s_per_token": first.hops_s,

@@ -55,4 +55,5 @@ def make_context(config, device, *, tp: int, pp: int, allreduce: str, rank_nodes
                      overhead_s=(hop_overhead_ms / 1e3) if hop_overhead_ms is not None else DEFAULT_OVERHEAD_S)
     if where is not None:
         ctx.one_way_at, ctx.step_at, ctx.route_at = where.one_way_at, where.step_at, where.route_at
+        ctx.rank_nodes_at = getattr(where, "rank_nodes_at", None)
     return ctx
