@@ -104,10 +104,11 @@ def tiny_reference():
     from meshemu.model.sampling import SamplingParams
     from meshemu.model.tiny import random_weights, tiny_config
 
-    def reference(arch, prompt, n, temperature=0.0, top_p=1.0, seed=0):
-        if arch not in models:
-            models[arch] = Transformer(random_weights(tiny_config(arch), seed=0))
-        model = models[arch]
+    def reference(arch, prompt, n, temperature=0.0, top_p=1.0, seed=0, **changes):
+        key = (arch, tuple(sorted(changes.items())))  # e.g. max_context=1024, as in tiny:llama:0:max_context=1024
+        if key not in models:
+            models[key] = Transformer(random_weights(tiny_config(arch, **changes), seed=0))
+        model = models[key]
         seen = []
         orig = model.forward
 

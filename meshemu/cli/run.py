@@ -11,6 +11,8 @@ def register(commands, benches):
     p.add_argument("--out", "-o", metavar="DIR", help="results folder (default: a new results/NAME-TIMESTAMP)")
     p.add_argument("--check", action="store_true", help="check everything that can be known without root (files, names, placement, model, "
                         "layout, sizes) for the file and every sweep value, and stop")
+    p.add_argument("--view", action="store_true", help="serve a live web view of the run on 127.0.0.1 (--view-port)")
+    p.add_argument("--view-port", type=int, default=8765, metavar="PORT", help="port of --view (8765; 0 picks a free one)")
     p.set_defaults(run=run)
 
 
@@ -30,7 +32,7 @@ def run(args) -> int:
     from meshemu.experiments.runner import run_file
 
     require_root()
-    results = run_file(args.experiment, args.out)
+    results = _run_with_view(args, specs) if args.view else run_file(args.experiment, args.out)
     folder = results[0].folder if len(results) == 1 else results[0].folder.parent
     for r in results:
         s = r.summary
@@ -46,3 +48,21 @@ def run(args) -> int:
               f"{dead[0].folder}/report.md", file=sys.stderr)
         return 1
     return 0
+
+
+def _log(line: str) -> None:
+    print(f"meshemu: {line}", file=sys.stderr)
+
+
+def _run_with_view(args, specs) -> list:
+    """The run, with a live page that follows each experiment in turn."""
+    from meshemu.experiments.runner import run_file
+    from meshemu.view.live_run import RunView
+
+    with RunView(specs, port=args.view_port, log=_log) as view:  # before the mesh: a port in use stops us at once
+        _log(f"live view at {view.url}")
+        results = run_file(args.experiment, args.out, on_step=view.on_step, on_event=view.on_event)
+    shown, ran = [" ".join(p) for p in view.placements], [r.summary["rank_nodes"] for r in results]
+    if shown != ran[:len(shown)]:
+        _log(f"live view: the page placed the ranks on {shown}, the run on {ran}")
+    return results

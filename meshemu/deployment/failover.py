@@ -112,6 +112,10 @@ class Failover:
         moved = []
         for r in lost:
             node = self.rank_nodes[r]
+            self.work()  # a restart the player asked for meanwhile
+            if node in self.returned and self.returned[node].is_set():
+                decision.setdefault("decision", "back already")  # it came back with a fresh shard: keep it
+                continue
             back_at = sched.end_time_s(series.short_index(node))
             if self.recovery.policy == "wait" and back_at is not None and self._sooner_to_wait(back_at):
                 decision.setdefault("decision", "wait")

@@ -130,8 +130,9 @@ class FaultSchedule:
     def check(self, n_ranks: int, window_s: float | None = None) -> None:
         """InputError for a fault that names nothing in this series or layout, or lies outside the window
         (``window_s``: its length, when the series holds only its first step)."""
-        if window_s is None:
-            window_s = float(self.base.times_s[-1] - self.t0) if self.base.n_steps > 1 else 0.0
+        if window_s is None:  # the last step lasts one step too
+            t = self.base.times_s
+            window_s = float(t[-1] - self.t0 + (t[1] - t[0])) if len(t) > 1 else 0.0
         for i, f in enumerate(self.faults):
             where = f"faults[{i}] ({f.kind} of {f.target} at {f.at_s:g} s)"
             if f.at_s >= window_s and window_s > 0:

@@ -61,6 +61,24 @@ def render_page(scene: dict, mode: str = "export", *, events_url: str | None = N
     return "".join(out)
 
 
+WAITING_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>meshemu view: __TITLE__</title>
+<style>body { margin: 0; padding: 40px; background: #05070d; color: #d8dee9; font: 15px/1.5 system-ui, sans-serif; }</style>
+</head><body data-ready="0" data-errors="0" data-mode="live" data-waiting="1">
+<h2>__TITLE__</h2><p>__TEXT__</p><p>This page reloads itself when the mesh is up.</p>
+<script>
+// the run tells this stream "next" when the page of its mesh is ready
+const events = new EventSource("events");
+events.addEventListener("next", function () { events.close(); location.reload(); });
+</script></body></html>
+"""
+
+
+def render_waiting(title: str, text: str) -> str:
+    """A live page before there is a mesh to draw (``meshemu run --view`` while the model loads)."""
+    return WAITING_HTML.replace("__TITLE__", _escape(title)).replace("__TEXT__", _escape(text))
+
+
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 

@@ -44,14 +44,22 @@ class Placement:
     tp: int = 1
     pp: int = 1
     client: str | None = None
+    allreduce: str = "ring"  # how a stage's tensor ranks sum their partials: ring or direct
+    layers: tuple[tuple[int, int], ...] = ()  # [start, stop) per rank, when the shards said (run.json's load)
 
     def labels(self) -> dict[str, list[str]]:
         """Node name -> what it runs, e.g. ``['rank 1: stage 1, tensor rank 0']``."""
         out: dict[str, list[str]] = {}
         for rank, node in enumerate(self.rank_nodes):
             stage, tensor = divmod(rank, max(self.tp, 1))
-            out.setdefault(node, []).append(f"rank {rank}: stage {stage}" + (f", tensor rank {tensor}" if self.tp > 1 else ""))
+            layers = _layers_text(*self.layers[rank]) if rank < len(self.layers) else ""
+            out.setdefault(node, []).append(f"rank {rank}: stage {stage}" + (f", tensor rank {tensor}" if self.tp > 1 else "")
+                                            + layers)
         return out
+
+
+def _layers_text(start: int, stop: int) -> str:
+    return f", layer {start}" if stop - start == 1 else f", layers {start}-{stop - 1}"
 
 
 def great_circle_m(a_m: np.ndarray, b_m: np.ndarray) -> float:
@@ -97,29 +105,58 @@ def route_track(series, names, src: int, dst: int, graphs) -> dict:
     return track
 
 
-def token_trip(series, names, placement: Placement, graphs, tokens_per_step=None) -> dict:
-    """The way one token goes round the mesh at every step, and how many tokens went that way.
+def trip_legs(names, placement: Placement) -> list[tuple[str, int, int]]:
+    """``(label, from node, to node)`` of every message one generated token costs, as ``serving.pipeline`` sends them.
 
-    Stage leaders (tensor rank 0 of each stage) pass activations stage to
-    stage; the last stage sends the sampled token back to stage 0, which
-    streams it to the client; with tensor parallelism each stage's ranks also
-    pass all-reduce pieces round a ring. Each leg is routed by
-    :mod:`meshemu.routing`, as the mesh routes it.
+    Tensor rank ``j`` of stage ``s`` hands its hidden state to tensor rank
+    ``j`` of stage ``s + 1``; the last stage's rank 0 sends the sampled token
+    to every rank of stage 0; within a stage of several tensor ranks each rank
+    passes all-reduce pieces to the next round the ring (``ring``) or to every
+    other rank (``direct``); stage 0's rank 0 streams the token to the client.
+    A leg stands for all of a token's messages between its two ranks (an
+    all-reduce sends several pieces per layer: they are one leg here).
+
+    >>> [label for label, _, _ in trip_legs(["a", "b", "c"], Placement(("a", "b"), pp=2, client="c"))]
+    ['stage 0 -> stage 1', 'stage 1 -> stage 0 (the token)', 'stage 0 -> client']
     """
     tp, pp = max(placement.tp, 1), max(placement.pp, 1)
     ranks = [names.index(n) for n in placement.rank_nodes]
-    legs = []  # (label, from, to)
-    leaders = [ranks[s * tp] for s in range(pp) if s * tp < len(ranks)]
-    for s, a in enumerate(leaders):
-        if len(leaders) > 1:
-            nxt = (s + 1) % len(leaders)
-            legs.append((f"stage {s} -> stage {nxt}" + (" (the token)" if nxt == 0 else ""), a, leaders[nxt]))
-        group = ranks[s * tp:(s + 1) * tp]
-        if len(group) > 1:
-            legs += [(f"stage {s} all-reduce ring", u, group[(i + 1) % len(group)]) for i, u in enumerate(group)]
+    if len(ranks) < tp * pp:
+        raise InputError(f"the placement names {len(ranks)} nodes for tp {tp} x pp {pp} ranks")
+    legs = []
+    for s in range(pp - 1):
+        for j in range(tp):
+            legs.append((f"stage {s} -> stage {s + 1}" + (f" (tensor rank {j})" if tp > 1 else ""),
+                         ranks[s * tp + j], ranks[(s + 1) * tp + j]))
+    last = (pp - 1) * tp
+    for j in range(tp):
+        if j != last:
+            legs.append((f"stage {pp - 1} -> stage 0 (the token" + (f", to tensor rank {j})" if tp > 1 else ")"),
+                         ranks[last], ranks[j]))
+    if tp > 1:
+        for s in range(pp):
+            group = ranks[s * tp:(s + 1) * tp]
+            if placement.allreduce == "direct":
+                legs += [(f"stage {s} all-reduce direct", u, w) for u in group for w in group if u != w]
+            else:
+                legs += [(f"stage {s} all-reduce ring", u, group[(i + 1) % tp]) for i, u in enumerate(group)]
     client = names.index(placement.client) if placement.client in names else None
-    if client is not None and leaders:
-        legs.append(("stage 0 -> client", leaders[0], client))
+    if client is not None:
+        legs.append(("stage 0 -> client", ranks[0], client))
+    return legs
+
+
+def token_trip(series, names, placement: Placement, graphs, tokens_per_step=None, prompts_per_step=None) -> dict:
+    """The way one token goes round the mesh at every step, and how many tokens (and prompts) went that way.
+
+    Each leg of :func:`trip_legs` is routed by :mod:`meshemu.routing`, as the
+    mesh routes it; ``prompt`` is the route a request's prompt takes from the
+    client to rank 0, once per request. ``tokens`` and ``prompts`` (step ->
+    count, from a results folder) say how often each step's trip was taken.
+    """
+    legs = trip_legs(names, placement)
+    client = names.index(placement.client) if placement.client in names else None
+    head = names.index(placement.rank_nodes[0])
     steps = []
     for k in range(series.n_steps):
         segments, length_m = [], 0.0
@@ -127,10 +164,15 @@ def token_trip(series, names, placement: Placement, graphs, tokens_per_step=None
             r = shortest_route(series, k, a, b, graphs[k])
             segments.append(list(r.nodes))
             length_m += r.length_m if r.reachable else float("nan")
-        steps.append({"segments": segments, "one_way_s": length_m / SPEED_OF_LIGHT_M_PER_S
-                      if np.isfinite(length_m) else None})
-    tokens = [int(tokens_per_step.get(k, 0)) for k in range(series.n_steps)] if tokens_per_step else None
-    return {"legs": [label for label, _, _ in legs], "steps": steps, "tokens": tokens}
+        prompt = list(shortest_route(series, k, client, head, graphs[k]).nodes) if client is not None else []
+        steps.append({"segments": segments, "prompt": prompt,
+                      "one_way_s": length_m / SPEED_OF_LIGHT_M_PER_S if np.isfinite(length_m) else None})
+    return {"legs": [label for label, _, _ in legs], "steps": steps,
+            "tokens": _per_step(tokens_per_step, series.n_steps), "prompts": _per_step(prompts_per_step, series.n_steps)}
+
+
+def _per_step(counts: dict | None, n_steps: int) -> list[int] | None:
+    return [int(counts.get(k, 0)) for k in range(n_steps)] if counts else None
 
 
 def default_pairs(series, names) -> list[tuple[int, int]]:
@@ -143,11 +185,12 @@ def default_pairs(series, names) -> list[tuple[int, int]]:
 
 
 def build_scene(series, *, pairs=(), placement: Placement | None = None, title: str | None = None,
-                source: str = "", tokens_per_step: dict | None = None) -> dict:
+                source: str = "", tokens_per_step: dict | None = None, prompts_per_step: dict | None = None) -> dict:
     """What the page needs to draw ``series``: positions, link states, routes of ``pairs``, placement.
 
     ``pairs`` are (source, destination) node names or ids; none means :func:`default_pairs`.
-    ``tokens_per_step`` (step -> tokens generated then) comes from a results folder's ``requests.jsonl``.
+    ``tokens_per_step`` (step -> tokens generated then) and ``prompts_per_step`` (step -> requests whose
+    first token came then) come from a results folder's ``requests.jsonl``.
     """
     if series.n_steps < 1:
         raise InputError("the link series has no steps")
@@ -184,6 +227,11 @@ def build_scene(series, *, pairs=(), placement: Placement | None = None, title: 
         "routes": [route_track(series, names, a, b, graphs) for a, b in ids],
         "placement": {names.index(node): labels for node, labels in place.items()},
         "client": placement.client if placement else None,
-        "token_trip": token_trip(series, names, placement, graphs, tokens_per_step) if placement else None,
+        "token_trip": token_trip(series, names, placement, graphs, tokens_per_step, prompts_per_step)
+        if placement else None,
+        "ranks": [{"node": names.index(node), "rank": r, "stage": r // max(placement.tp, 1),
+                   "tensor_rank": r % max(placement.tp, 1),
+                   "layers": list(placement.layers[r]) if r < len(placement.layers) else None}
+                  for r, node in enumerate(placement.rank_nodes)] if placement else [],
         "fibre_speed_fraction": FIBRE_SPEED_FRACTION,
     }

@@ -6,8 +6,12 @@ server-sent events are: the browser's ``EventSource`` reconnects by itself,
 and no websocket library is needed on either side.
 
 A :class:`LiveFeed` is filled from the player's thread (``publish`` per
-applied step) and read by every connected page; a page that connects late
-first gets the last step, so it shows the mesh as it is now.
+applied step), and by ``meshemu run`` with its client's events (tokens), and
+read by every connected page; a page that connects late first gets every
+token so far and the last step, so it shows the mesh and its counts as they
+are now. A run of several experiments gives the server a new :class:`Page`
+(page and feed) for each, and tells pages of the one before (``next``) to
+reload.
 """
 
 from __future__ import annotations
@@ -27,36 +31,59 @@ _POLL_S = 0.05  # how often an open event stream looks for new steps: well under
 
 
 class LiveFeed:
-    """Applied steps, in order, shared between the player's thread and the server's."""
+    """What a live page is told, in order (applied steps, and a run's tokens), shared between threads.
 
-    def __init__(self, time_scale: float = 1.0):
+    Filled from the player's thread (``publish`` per applied step) and from a
+    run's client events (``publish_event``); read by every connected page.
+    """
+
+    def __init__(self, time_scale: float = 1.0, label: str = ""):
         self.time_scale = time_scale
-        self._steps: list[dict] = []
+        self.label = label  # which run the page shows, e.g. "experiment 2 of 3: tp2-pp1"
+        self._events: list[tuple[str, dict]] = []
+        self._steps = 0
         self._ended = False
         self._lock = threading.Lock()
 
     def publish(self, step: int, t_s: float, *, apply_s: float = 0.0, late_s: float = 0.0, **extra) -> None:
         with self._lock:
-            self._steps.append({"step": int(step), "t_s": float(t_s), "apply_ms": apply_s * 1e3,
-                                "late_ms": late_s * 1e3, **extra})
+            self._events.append(("step", {"step": int(step), "t_s": float(t_s), "apply_ms": apply_s * 1e3,
+                                          "late_ms": late_s * 1e3, **extra}))
+            self._steps += 1
 
     def publish_record(self, rec) -> None:
         """A player :class:`~meshemu.emulation.player.StepRecord` (what ``Player.play``'s ``on_step`` receives)."""
         self.publish(rec.step, rec.t_s, apply_s=rec.apply_s, late_s=rec.late_s, link_up=rec.link_up,
                      link_down=rec.link_down, route_changes=rec.route_changes)
 
+    def publish_event(self, kind: str, data: dict) -> None:
+        """Anything else a page follows: ``token``, ``loaded``, ``request``, ``next`` (another run's page is up)."""
+        if kind in ("step", "hello", "end"):
+            raise ValueError(f"{kind!r} is the feed's own event")
+        with self._lock:
+            self._events.append((kind, data))
+
     def end(self) -> None:
         with self._lock:
             self._ended = True
 
-    def since(self, i: int) -> tuple[list[dict], bool]:
+    def since(self, i: int) -> tuple[list[tuple[str, dict]], bool]:
+        """``(events from the i-th on, ended)``, each event ``(kind, data)``."""
         with self._lock:
-            return self._steps[i:], self._ended
+            return self._events[i:], self._ended
+
+    def catch_up(self) -> tuple[list[tuple[str, dict]], int]:
+        """What a page that connects now is sent first: every event but the steps, then the last step."""
+        with self._lock:
+            events = [e for e in self._events if e[0] != "step"]
+            last = next((e for e in reversed(self._events) if e[0] == "step"), None)
+            return events + ([last] if last else []), len(self._events)
 
     @property
     def count(self) -> int:
+        """Steps published so far."""
         with self._lock:
-            return len(self._steps)
+            return self._steps
 
 
 class StepFileFollower:
@@ -117,7 +144,23 @@ def bind(port: int, host: str = LOCALHOST) -> socket.socket:
     return sock
 
 
-def make_app(html: str, feed: LiveFeed | None = None):
+class Page:
+    """The page a server answers with, and the feed of its events; a run of several experiments swaps both."""
+
+    def __init__(self, html: str, feed: LiveFeed | None = None):
+        self._lock = threading.Lock()
+        self._html, self._feed = html, feed
+
+    def set(self, html: str, feed: LiveFeed | None) -> None:
+        with self._lock:
+            self._html, self._feed = html, feed
+
+    def get(self) -> tuple[str, LiveFeed | None]:
+        with self._lock:
+            return self._html, self._feed
+
+
+def make_app(page: Page):
     try:
         from starlette.applications import Starlette
         from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -125,29 +168,31 @@ def make_app(html: str, feed: LiveFeed | None = None):
     except ImportError:
         raise CapabilityError("the view's server needs Starlette and uvicorn: pip install -e '.[view]'") from None
 
-    async def page(request):
-        return HTMLResponse(html)
+    async def html(request):
+        return HTMLResponse(page.get()[0], headers={"Cache-Control": "no-store"})
 
     async def health(request):
-        return JSONResponse({"live": feed is not None, "steps": feed.count if feed else 0})
+        feed = page.get()[1]
+        return JSONResponse({"live": feed is not None, "steps": feed.count if feed else 0,
+                             "label": feed.label if feed else ""})
 
     async def events(request):
+        feed = page.get()[1]  # the page's own feed: a swap later ends this stream with "next"
         if feed is None:
             return JSONResponse({"error": "not a live view"}, status_code=404)
 
         async def stream():
-            yield _sse("hello", {"time_scale": feed.time_scale})
-            seen, (steps, _) = 0, feed.since(0)
-            if steps:  # a late page starts from the mesh as it is now
-                seen = len(steps)
-                yield _sse("step", steps[-1])
+            yield _sse("hello", {"time_scale": feed.time_scale, "label": feed.label})
+            first, seen = feed.catch_up()  # a late page starts from the mesh as it is now
+            for kind, data in first:
+                yield _sse(kind, data)
             while True:
                 if await request.is_disconnected():
                     return
-                steps, ended = feed.since(seen)
-                for s in steps:
-                    yield _sse("step", s)
-                seen += len(steps)
+                new, ended = feed.since(seen)
+                for kind, data in new:
+                    yield _sse(kind, data)
+                seen += len(new)
                 if ended:
                     yield _sse("end", {})
                     return
@@ -155,7 +200,7 @@ def make_app(html: str, feed: LiveFeed | None = None):
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
-    return Starlette(routes=[Route("/", page), Route("/health", health), Route("/events", events)])
+    return Starlette(routes=[Route("/", html), Route("/health", health), Route("/events", events)])
 
 
 def _sse(event: str, data: dict) -> str:
@@ -173,7 +218,8 @@ class ViewServer:
         except ImportError:
             self._sock.close()
             raise CapabilityError("the view's server needs Starlette and uvicorn: pip install -e '.[view]'") from None
-        app = make_app(html, feed)
+        self.page = Page(html, feed)
+        app = make_app(self.page)
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 

@@ -30,11 +30,13 @@ class ViewSource:
     title: str
     path: Path
     tokens_per_step: dict | None = None  # step -> tokens generated then (results folders)
+    prompts_per_step: dict | None = None  # step -> requests whose first token came then
 
     def scene(self, extra_pairs=()) -> dict:
         pairs = tuple(extra_pairs) + tuple(p for p in self.pairs if p not in extra_pairs)
         return build_scene(self.series, pairs=pairs, placement=self.placement, title=self.title,
-                           source=str(self.path), tokens_per_step=self.tokens_per_step)
+                           source=str(self.path), tokens_per_step=self.tokens_per_step,
+                           prompts_per_step=self.prompts_per_step)
 
 
 def open_source(path) -> ViewSource:
@@ -62,8 +64,8 @@ def _results_folder(folder: Path) -> ViewSource:
         series = build_series(spec)
     meta = json.loads(run_json.read_text()) if run_json.exists() else {}
     ranks = _rank_nodes(meta)
-    placement = Placement(ranks, spec.parallelism.tp, spec.parallelism.pp,
-                          meta.get("client") or spec.ground_station) if ranks else None
+    placement = Placement(ranks, spec.parallelism.tp, spec.parallelism.pp, meta.get("client") or spec.ground_station,
+                          spec.parallelism.allreduce, _layers(meta, len(ranks))) if ranks else None
     pairs = []
     if (folder / "routes.csv").exists():
         with open(folder / "routes.csv") as f:
@@ -72,7 +74,8 @@ def _results_folder(folder: Path) -> ViewSource:
                 if pair not in pairs:
                     pairs.append(pair)
     pairs += [tuple(p) for p in spec.probes if tuple(p) not in pairs]
-    return ViewSource(series, tuple(pairs), placement, spec.name, folder, _tokens_per_step(folder / "requests.jsonl"))
+    tokens, prompts = _tokens_per_step(folder / "requests.jsonl")
+    return ViewSource(series, tuple(pairs), placement, spec.name, folder, tokens, prompts)
 
 
 def _rank_nodes(meta: dict) -> tuple[str, ...]:
@@ -85,14 +88,30 @@ def _rank_nodes(meta: dict) -> tuple[str, ...]:
     return ()
 
 
-def _tokens_per_step(path: Path) -> dict[int, int]:
-    """Tokens generated at each step of the series (token rows of ``requests.jsonl`` carry the step in force)."""
-    counts: dict[int, int] = {}
+def _layers(meta: dict, n_ranks: int) -> tuple[tuple[int, int], ...]:
+    """Each rank's [start, stop) layers, from the shards' answers to Load that run.json keeps (``load``)."""
+    by_rank = {int(r["rank"]): tuple(r["layers"]) for r in meta.get("load") or []
+               if isinstance(r, dict) and "rank" in r and len(r.get("layers") or ()) == 2}
+    if sorted(by_rank) != list(range(n_ranks)):
+        return ()
+    return tuple((int(by_rank[r][0]), int(by_rank[r][1])) for r in range(n_ranks))
+
+
+def _tokens_per_step(path: Path) -> tuple[dict[int, int], dict[int, int]]:
+    """Tokens generated, and requests begun (their first token), at each step of the series.
+
+    Token rows of ``requests.jsonl`` carry the step in force when they arrived.
+    """
+    tokens: dict[int, int] = {}
+    prompts: dict[int, int] = {}
     if not path.exists():
-        return counts
+        return tokens, prompts
     with open(path) as f:
         for line in f:
             row = json.loads(line)
             if row.get("kind") == "token" and row.get("step") is not None:
-                counts[int(row["step"])] = counts.get(int(row["step"]), 0) + 1
-    return counts
+                k = int(row["step"])
+                tokens[k] = tokens.get(k, 0) + 1
+                if row.get("index") == 0:
+                    prompts[k] = prompts.get(k, 0) + 1
+    return tokens, prompts

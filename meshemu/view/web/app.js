@@ -91,6 +91,10 @@
   });
   $("title").textContent = scene.title;
   $("mode").textContent = { export: "exported page", replay: "replay", live: "live" }[scene.mode] || scene.mode;
+  if (scene.run) { // meshemu run --view: which experiment of the file this is
+    body.dataset.run = scene.run.label;
+    if (scene.run.count > 1) $("mode").textContent = "live, " + scene.run.label;
+  }
   if (scene.mode === "live") { // the player sets the pace
     $("play").disabled = true; $("slider").disabled = true; $("speed").disabled = true; $("play").textContent = "Live";
   }
@@ -197,11 +201,61 @@
   const routeLines = segments(Math.max(N, 64), 0xffd166, 1.0);
   const trip = scene.token_trip;
   let tripMax = 0;
-  if (trip) trip.steps.forEach(function (st) { let n = 0; st.segments.forEach(function (g) { n += Math.max(g.length - 1, 0); }); tripMax = Math.max(tripMax, n); });
-  const tripLines = segments(tripMax, 0xff5ccd, 0.95);
-  scene3.add(islLines, gslLines, routeLines, tripLines);
+  if (trip) trip.steps.forEach(function (st) { let n = 0; st.segments.concat([st.prompt || []]).forEach(function (g) { n += Math.max(g.length - 1, 0); }); tripMax = Math.max(tripMax, n); });
+  function coloured(maxSegments) { // line segments with a colour per vertex: the traffic colour ramp
+    const s = segments(maxSegments, 0xffffff, 1.0);
+    s.geometry.setAttribute("color", new THREE.BufferAttribute(new Float32Array(Math.max(maxSegments, 1) * 6), 3));
+    s.material.vertexColors = true; s.material.transparent = false; return s;
+  }
+  const tripLines = coloured(tripMax);
+  const trafficLines = coloured(Math.max(L, 1)); // links crossed by tokens so far, off the current trip
+  scene3.add(islLines, gslLines, routeLines, trafficLines, tripLines);
   const hiPoints = points(N + G, 9, new Float32Array((N + G) * 3)); // route nodes, shards, the selection
   hiPoints.renderOrder = 2; scene3.add(hiPoints);
+
+  // ---- token counts ----------------------------------------------------
+  // What is counted: each generated token crosses every link of every leg of
+  // its step's trip once (trip legs: scene.py's trip_legs; an all-reduce leg
+  // stands for all of that token's pieces between two ranks), and each
+  // request's prompt crosses the client -> rank 0 route once. Replay counts up
+  // to the step shown (requests.jsonl's steps), live counts every token so far.
+  const tokensAt = new Array(T).fill(0), promptsAt = new Array(T).fill(0);
+  if (trip && trip.tokens) trip.tokens.forEach(function (n, j) { tokensAt[j] = n; });
+  if (trip && trip.prompts) trip.prompts.forEach(function (n, j) { promptsAt[j] = n; });
+  const counted = { version: 0, key: "", links: new Map(), max: 0, tokens: 0, prompts: 0, crossings: 0, node: new Map() };
+  const tensorParallel = (scene.ranks || []).some((r) => r.tensor_rank > 0);
+  function linkKey(a, b) { return a < b ? a * (N + G) + b : b * (N + G) + a; }
+  function nodeLoad(v) { let x = counted.node.get(v); if (!x) { x = { sent: 0, relayed: 0, received: 0 }; counted.node.set(v, x); } return x; }
+  function count(k) { // counts up to step k (live: every step), recomputed only when they change
+    const upto = scene.mode === "live" ? T - 1 : k, key = upto + "/" + counted.version;
+    if (!trip || key === counted.key) return counted;
+    counted.key = key; counted.links = new Map(); counted.node = new Map();
+    counted.max = 0; counted.tokens = 0; counted.prompts = 0; counted.crossings = 0;
+    function cross(g, n, load) {
+      for (let i = 0; i + 1 < g.length; i++) {
+        const key2 = linkKey(g[i], g[i + 1]), c = (counted.links.get(key2) || 0) + n;
+        counted.links.set(key2, c); counted.max = Math.max(counted.max, c); counted.crossings += n;
+      }
+      if (load && g.length > 1) {
+        nodeLoad(g[0]).sent += n; nodeLoad(g[g.length - 1]).received += n;
+        for (let i = 1; i + 1 < g.length; i++) nodeLoad(g[i]).relayed += n;
+      }
+    }
+    for (let j = 0; j <= upto; j++) {
+      if (tokensAt[j]) { counted.tokens += tokensAt[j]; trip.steps[j].segments.forEach(function (g) { cross(g, tokensAt[j], true); }); }
+      if (promptsAt[j]) { counted.prompts += promptsAt[j]; cross(trip.steps[j].prompt || [], promptsAt[j], false); }
+    }
+    return counted;
+  }
+  function heat(c, out, o) { // few crossings: dim orange; the most: white
+    const f = counted.max > 0 ? Math.sqrt(c / counted.max) : 0;
+    out[o] = 1.0; out[o + 1] = 0.45 + 0.55 * f; out[o + 2] = 0.15 + 0.85 * f;
+  }
+  function linkCounts() { // node names -> crossings, for the console and the tests
+    const out = {}; count(stepAt(state.t));
+    counted.links.forEach(function (c, key) { const a = Math.floor(key / (N + G)), b = key % (N + G); out[shortNames[a] + " " + shortNames[b]] = c; });
+    return out;
+  }
 
   // ---- per-frame state -------------------------------------------------
   const placementNodes = Object.keys(scene.placement).map(Number);
@@ -228,11 +282,32 @@
       for (let i = 0; i + 1 < r.nodes.length && nr * 6 + 6 <= rp.length; i++, nr++) { nodePos(r.nodes[i], rp, 6 * nr); nodePos(r.nodes[i + 1], rp, 6 * nr + 3); }
     }
     routeLines.geometry.setDrawRange(0, nr * 2); routeLines.geometry.attributes.position.needsUpdate = true;
-    const tp = tripLines.geometry.attributes.position.array;
+    const tp = tripLines.geometry.attributes.position.array, tc = tripLines.geometry.attributes.color.array;
     let nt = 0;
     const legs = trip && state.show.trip ? trip.steps[k].segments : [];
-    legs.forEach(function (g) { for (let i = 0; i + 1 < g.length; i++, nt++) { nodePos(g[i], tp, 6 * nt); nodePos(g[i + 1], tp, 6 * nt + 3); } });
+    const c = count(k), onTrip = new Set();
+    function tripSeg(a, b) { // pink until a token has crossed it, then the traffic colour
+      nodePos(a, tp, 6 * nt); nodePos(b, tp, 6 * nt + 3);
+      const n = c.links.get(linkKey(a, b)) || 0;
+      if (n) { heat(n, tc, 6 * nt); heat(n, tc, 6 * nt + 3); } else { tc.set([1, 0.36, 0.8, 1, 0.36, 0.8], 6 * nt); }
+      onTrip.add(linkKey(a, b)); nt++;
+    }
+    legs.forEach(function (g) { for (let i = 0; i + 1 < g.length; i++) tripSeg(g[i], g[i + 1]); });
+    const nLegs = nt; // the marker goes round the token's legs, not the prompt's
+    if (trip && state.show.trip) { const g = trip.steps[k].prompt || []; for (let i = 0; i + 1 < g.length; i++) tripSeg(g[i], g[i + 1]); }
     tripLines.geometry.setDrawRange(0, nt * 2); tripLines.geometry.attributes.position.needsUpdate = true;
+    tripLines.geometry.attributes.color.needsUpdate = true;
+    const fp = trafficLines.geometry.attributes.position.array, fc = trafficLines.geometry.attributes.color.array;
+    let nf = 0;
+    if (trip && state.show.trip) c.links.forEach(function (n, key) {
+      if (onTrip.has(key) || 6 * nf + 6 > fp.length) return;
+      nodePos(Math.floor(key / (N + G)), fp, 6 * nf); nodePos(key % (N + G), fp, 6 * nf + 3);
+      heat(n, fc, 6 * nf); heat(n, fc, 6 * nf + 3);
+      for (let q = 0; q < 6; q++) fc[6 * nf + q] *= 0.6; // off the current trip: dimmer
+      nf++;
+    });
+    trafficLines.geometry.setDrawRange(0, nf * 2); trafficLines.geometry.attributes.position.needsUpdate = true;
+    trafficLines.geometry.attributes.color.needsUpdate = true;
     // highlighted nodes: route (yellow), shards (pink), selection (white)
     const hp = hiPoints.geometry.attributes.position.array, hc = hiPoints.geometry.attributes.color.array;
     let nh = 0;
@@ -240,8 +315,8 @@
     if (r) r.nodes.forEach(function (v) { hi(v, 1.0, 0.82, 0.4); });
     placementNodes.forEach(function (v) { hi(v, 1.0, 0.36, 0.8); });
     if (state.selected >= 0) hi(state.selected, 1, 1, 1);
-    if (nt && trip.tokens && trip.tokens[k] > 0) { // a token on its way: one lap of the trip every two seconds
-      const f = (performance.now() / 2000) % 1, i = Math.min(Math.floor(f * nt), nt - 1), g = f * nt - i;
+    if (nLegs && tokensAt[k] > 0) { // a token on its way: one lap of the trip every two seconds
+      const f = (performance.now() / 2000) % 1, i = Math.min(Math.floor(f * nLegs), nLegs - 1), g = f * nLegs - i;
       for (let c = 0; c < 3; c++) hp[3 * nh + c] = tp[6 * i + c] + (tp[6 * i + 3 + c] - tp[6 * i + c]) * g;
       hc[3 * nh] = 1; hc[3 * nh + 1] = 0.2; hc[3 * nh + 2] = 0.75; nh++;
     }
@@ -282,7 +357,20 @@
     drawn.isl = ni; drawn.gsl = ng;
     const r = route(k);
     if (r && r.nodes.length > 1) { mctx.strokeStyle = "#ffd166"; mctx.lineWidth = 2.5; mctx.beginPath(); for (let i = 0; i + 1 < r.nodes.length; i++) seg(r.nodes[i], r.nodes[i + 1]); mctx.stroke(); }
-    if (trip && state.show.trip) { mctx.strokeStyle = "#ff5ccd"; mctx.lineWidth = 2; mctx.beginPath(); trip.steps[k].segments.forEach(function (g) { for (let i = 0; i + 1 < g.length; i++) seg(g[i], g[i + 1]); }); mctx.stroke(); }
+    if (trip && state.show.trip) {
+      const c = count(k), rgb = new Float32Array(3);
+      function styled(a, b, n, dim) {
+        if (n) { heat(n, rgb, 0); mctx.strokeStyle = "rgba(" + (rgb[0] * 255 | 0) + "," + (rgb[1] * 255 | 0) + "," + (rgb[2] * 255 | 0) + "," + (dim ? 0.6 : 1) + ")"; }
+        else mctx.strokeStyle = "#ff5ccd";
+        mctx.beginPath(); seg(a, b); mctx.stroke();
+      }
+      const on = new Set(), legs = trip.steps[k].segments.concat([trip.steps[k].prompt || []]);
+      legs.forEach(function (g) { for (let i = 0; i + 1 < g.length; i++) on.add(linkKey(g[i], g[i + 1])); });
+      mctx.lineWidth = 1.5;
+      c.links.forEach(function (n, key) { if (!on.has(key)) styled(Math.floor(key / (N + G)), key % (N + G), n, true); });
+      mctx.lineWidth = 2.5;
+      legs.forEach(function (g) { for (let i = 0; i + 1 < g.length; i++) styled(g[i], g[i + 1], c.links.get(linkKey(g[i], g[i + 1])) || 0, false); });
+    }
     const size = N > 600 ? 2 : 4;
     if (state.show.satellites) {
       for (let i = 0; i < N; i++) {
@@ -343,6 +431,7 @@
 
   // ---- panels ----------------------------------------------------------
   function ms(s) { return (s * 1e3).toFixed(1) + " ms"; }
+  function plural(n, what) { return n + " " + what + (n === 1 ? "" : "s"); }
   function updatePanels(k) {
     const r = scene.routes[state.pair], s = route(k);
     if (s && s.rtt_s !== null) {
@@ -352,10 +441,16 @@
     } else { $("rtt").textContent = r ? "no path" : "-"; $("hops").textContent = ""; $("path").textContent = ""; }
     $("fibre").textContent = r && r.fibre_rtt_s ? "fibre over the " + (r.great_circle_m / 1e3).toFixed(0) + " km great circle at 2/3 c: RTT " + ms(r.fibre_rtt_s) : (r ? "one end is a satellite: no fibre to compare" : "");
     if (trip) {
-      const st = trip.steps[k], so = trip.tokens ? trip.tokens.slice(0, k + 1).reduce((x, y) => x + y, 0) : null;
-      $("tokens").innerHTML = "legs: " + trip.legs.join("; ") + "<br>" +
+      const st = trip.steps[k], c = count(k), counting = trip.tokens || scene.mode === "live";
+      const top = Array.from(c.links.entries()).sort((a, b) => b[1] - a[1]).slice(0, 6).map(function (e) {
+        return "<tr><td>" + shortNames[Math.floor(e[0] / (N + G))] + " - " + shortNames[e[0] % (N + G)] + "</td><td>" + e[1] + "</td></tr>";
+      });
+      $("tokens").innerHTML = (counting ? "<span class='big'>" + c.tokens + "</span> tokens" + (scene.mode === "live" ? "" : " up to this step") +
+          ", " + plural(c.prompts, "prompt") + "; " + plural(c.crossings, "link crossing") + " on " + plural(c.links.size, "link") +
+          (scene.mode === "live" ? "" : "<br>tokens at this step: " + tokensAt[k]) : "") +
+        "<br>legs: " + trip.legs.join("; ") + "; prompt: client -> stage 0<br>" +
         (st.one_way_s !== null ? "a token's trip now: " + ms(st.one_way_s) + " of propagation" : "a leg has no path now") +
-        (trip.tokens ? "<br>tokens generated at this step: " + trip.tokens[k] + "; so far: " + so : "");
+        (top.length ? "<table><tr><td>busiest links</td><td>crossings</td></tr>" + top.join("") + "</table>" : "");
     }
     $("counts").textContent = N + " satellites, " + G + " stations; now " + drawn.isl + " ISLs, " + drawn.gsl + " GSLs drawn";
     if (state.selected >= 0) showNode(state.selected, k);
@@ -372,16 +467,19 @@
       const d_m = Math.hypot(pv[0] - pu[0], pv[1] - pu[1], pv[2] - pu[2]) * EARTH_RADIUS_M;
       rows.push("<tr><td>" + (isGsl[l] ? "GSL" : "ISL") + "</td><td>" + shortNames[u] + "</td><td>" + (d_m / 1e3).toFixed(0) + " km</td><td>" + ms(d_m / 299792458.0) + "</td></tr>");
     }
-    const shards = scene.placement[v] || [];
-    let trips = 0; // tokens whose trip passed through v, up to this step
-    if (trip && trip.tokens) for (let j = 0; j <= k; j++) {
-      if (!trip.tokens[j]) continue;
-      trip.steps[j].segments.forEach(function (g) { g.forEach(function (u, i) { if (u === v && i > 0) trips += trip.tokens[j]; }); });
-    }
+    const shards = (scene.ranks || []).filter((r) => r.node === v).map(function (r) {
+      return "rank " + r.rank + ": stage " + r.stage + (tensorParallel ? ", tensor rank " + r.tensor_rank : "") +
+        (r.layers ? (r.layers[1] - r.layers[0] === 1 ? ", layer " + r.layers[0] : ", layers " + r.layers[0] + "-" + (r.layers[1] - 1)) : "");
+    });
+    const c = count(k), load = c.node.get(v) || { sent: 0, relayed: 0, received: 0 };
+    const trips = load.received + load.relayed; // token trips that passed through v (as scene.py's legs, counted per leg)
+    const counting = trip && (trip.tokens || scene.mode === "live");
     $("satinfo").innerHTML = "<b>" + shortNames[v] + "</b> " + (names[v] !== shortNames[v] ? "(" + names[v] + ")" : "") +
       (shards.length ? "<div style='color:#ff5ccd'>runs " + shards.join("; ") + "</div>" : (scene.placement && Object.keys(scene.placement).length ? "<div>runs no shard</div>" : "")) +
       (v === scene.client_id ? "<div>the client</div>" : "") +
-      (trip && trip.tokens ? "<div>token trips through here so far: " + trips + "</div>" : "") +
+      (counting && shards.length ? "<div>tokens processed so far: " + c.tokens + " (every token passes every rank)</div>" : "") +
+      (counting ? "<div>activations sent " + load.sent + ", relayed " + load.relayed + ", received " + load.received + " (one per token per leg)</div>" +
+                  "<div>token trips through here so far: " + trips + "</div>" : "") +
       "<div>" + rows.length + " links up (length from the positions; one-way delay at c)</div><table>" + rows.join("") + "</table>";
     body.dataset.selected = shortNames[v];
   }
@@ -482,7 +580,11 @@
     body.dataset.rttMs = r && r.rtt_s !== null ? (r.rtt_s * 1e3).toFixed(3) : "";
     if (trip) {
       body.dataset.trip = trip.steps[k].segments.map((g) => g.map((v) => shortNames[v]).join(" ")).join(" | ");
-      body.dataset.tokens = String(trip.tokens ? trip.tokens[k] : "");
+      const c = count(k);
+      body.dataset.tokens = trip.tokens || scene.mode === "live" ? String(c.tokens) : ""; // counted so far
+      body.dataset.prompts = String(c.prompts);
+      body.dataset.linkCrossings = String(c.crossings);
+      body.dataset.linksUsed = String(c.links.size);
     }
     if (state.liveStep >= 0) { // written with the step drawn, so the two are always read together
       body.dataset.liveStep = String(state.liveStep); body.dataset.applyMs = state.liveApplyMs.toFixed(3);
@@ -496,7 +598,22 @@
   // ---- live: follow the player's applied steps -------------------------
   if (scene.mode === "live" && window.EventSource) {
     const events = new EventSource(scene.events_url || "events");
-    events.addEventListener("hello", function (e) { const d = JSON.parse(e.data); state.liveScale = d.time_scale || 1; });
+    events.addEventListener("hello", function (e) {
+      const d = JSON.parse(e.data); state.liveScale = d.time_scale || 1;
+    });
+    // meshemu run: the client's tokens (with the step in force when each arrived) and the shards' layers
+    events.addEventListener("token", function (e) {
+      const d = JSON.parse(e.data);
+      if (!(d.step >= 0 && d.step < T)) return;
+      tokensAt[d.step] += 1; if (d.index === 0) promptsAt[d.step] += 1;
+      counted.version += 1;
+    });
+    events.addEventListener("loaded", function (e) {
+      const d = JSON.parse(e.data);
+      (d.replies || []).forEach(function (r) { const x = (scene.ranks || [])[r.rank]; if (x) x.layers = r.layers; });
+    });
+    events.addEventListener("request", function (e) { state.requestsDone = (state.requestsDone || 0) + 1; body.dataset.requests = String(state.requestsDone); });
+    events.addEventListener("next", function () { events.close(); location.reload(); }); // the next experiment's page is up
     events.addEventListener("step", function (e) {
       const d = JSON.parse(e.data);
       state.liveStep = d.step; state.t = times[d.step]; state.liveApplyMs = d.apply_ms;
@@ -513,5 +630,5 @@
     const p = new THREE.Vector3(tmp[0], tmp[1], tmp[2]).project(camera);
     return [st.left + (p.x + 1) / 2 * st.width, st.top + (1 - p.y) / 2 * st.height];
   }
-  window.meshemuView = { state: state, scene: scene, screenOf: screenOf }; // for the console and the tests
+  window.meshemuView = { state: state, scene: scene, screenOf: screenOf, linkCounts: linkCounts }; // for the console and the tests
 })();
