@@ -200,6 +200,11 @@ class TestNoTracebacks:
     def test_shard_budgets_are_refused(self):
         from meshemu.serving.shard import serve
 
+        with pytest.raises(InputError, match="--step-timeout must be a positive number of seconds, at most 86400"):
+            serve("127.0.0.1:0", step_timeout_s=1e300)  # before: an OverflowError in the first wait
+        with pytest.raises(InputError, match="--max-tensor-mb must be positive and below 2"):
+            serve("127.0.0.1:0", max_tensor_bytes=2**100)
+
         with pytest.raises(InputError, match="--max-tensor-mb must be positive"):
             serve("127.0.0.1:0", max_tensor_bytes=-1)
         with pytest.raises(InputError, match="--step-timeout must be a positive number of seconds"):
@@ -308,3 +313,331 @@ class TestBoundedResources:
         path.write_text("a: 1\n" + "#" * MAX_YAML_BYTES)
         with pytest.raises(InputError, match="big.yaml: is larger than the 4 MiB"):
             load_yaml(path)
+
+
+# -- a second sweep (issue 10): ~300 more inputs across every command, file and wire -------------------
+def no_shards(monkeypatch):
+    from meshemu.serving import launch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a shard process was started")
+
+    monkeypatch.setattr(launch, "start_loopback", refuse)
+
+
+class TestSecondSweepCommandLine:
+    @pytest.mark.parametrize("out,words", [
+        ("", ["--out is empty"]),
+        ("{tmp}/", ["--out names a folder", "series.npz"]),  # before: saved beside the folder, as {tmp}.npz
+        ("{tmp}", ["--out names a folder"]),
+    ])
+    def test_topology_out_that_is_no_file(self, capsys, tmp_path, out, words):
+        # before: '' was a ValueError traceback from pathlib
+        err = one_line(capsys, "topology", "--duration", "1", "--out", out.format(tmp=tmp_path))
+        assert all(w in err for w in words), err
+        assert not list(tmp_path.parent.glob(f"{tmp_path.name}.npz"))
+
+    @pytest.mark.parametrize("out,fmt,words", [
+        ("/proc/x.csv", [], ["/proc/x.csv: cannot write"]),
+        ("x.txt", [], ["cannot tell the format from 'x.txt'"]),
+        ("{tmp}", ["-f", "csv"], ["is a folder"]),
+        ("", [], ["--out is empty"]),
+    ])
+    def test_rtt_output_is_checked_before_the_work(self, capsys, monkeypatch, tmp_path, out, fmt, words):
+        from meshemu.cli import topology
+
+        def no_work(*args, **kwargs):
+            raise AssertionError("the series was computed before --out was checked")
+
+        monkeypatch.setattr(topology, "compute_series", no_work)
+        err = one_line(capsys, "rtt", "--from", "Paris", "--to", "Moscow", "--duration", "1", "--out",
+                       out.format(tmp=tmp_path), *fmt)
+        assert all(w in err for w in words), err
+
+    @pytest.mark.parametrize("option", ["-c", "--tles", "--isls", "--grid", "--ground-stations", "--epoch"])
+    def test_an_empty_value_is_not_taken_for_no_option(self, capsys, option):
+        # before: 'rtt -c ""' (an unset shell variable) quietly used demo, '-g ""' the 100 cities
+        err = one_line(capsys, "rtt", "--from", "0", "--to", "1", "--duration", "1", option, "")
+        assert f"{option.replace('-c', '--constellation')} is empty" in err, err
+
+    @pytest.mark.parametrize("argv,words", [
+        (["emulate", "--view-port", "70000"], ["--view-port", "70000 is not a TCP port"]),
+        (["emulate", "--view-port", "-1"], ["--view-port"]),
+        (["emulate", "--prefix", "a/b"], ["--prefix", "namespace prefix 'a/b'"]),
+        (["probe", "--prefix", ""], ["--prefix"]),
+        (["clean", "--prefix", ""], ["--prefix", "namespace prefix ''"]),  # before: 'removed 0 namespaces'
+        (["clean", "--prefix", "../x"], ["--prefix"]),
+        (["probe", "--repeat", "100000000"], ["--repeat", "outside [1, 1000]"]),  # before: ran for ever
+        (["emulate", "--time-scale", "1e-300"], ["--time-scale", "within [1e-6, 1e6]"]),  # a mesh that never moves
+        (["emulate", "--rate-mbps", "1e-9"], ["--rate-mbps", "outside [0.001, 1e+07] Mbit/s"]),  # netem: no limit
+    ])
+    def test_emulation_options_refused_while_parsing(self, capsys, argv, words):
+        err = one_line(capsys, *argv)
+        assert all(w in err for w in words), err
+
+    @pytest.mark.parametrize("argv,words", [
+        (["--seed", "99999999999999999999999"], ["--seed", "below 2^63"]),  # before: TypeError traceback
+        (["--loopback", "--step-timeout", "1e300"], ["--step-timeout", "outside (0, 86400] s"]),
+        (["--loopback", "--timeout", "1e300"], ["--timeout"]),  # before: OverflowError inside a shard
+        (["--model", "/dev/zero"], ["/dev/zero: is not a regular file"]),  # before: hashed for ever
+        (["--model", "/dev/null"], ["/dev/null: is not a regular file"]),  # before: 'no such file'
+        (["--model", "", "--loopback"], ["the model is empty"]),  # before: 'config.json: cannot read'
+        (["--model", "tiny:gpt9:0", "--loopback"], ["unknown tiny-model architecture 'gpt9'"]),  # was a llama
+        (["--model", "tiny:llama:0:vocab_size=3", "--loopback"], ["vocab_size 4 or more"]),  # ZeroDivisionError
+        (["--model", "tiny:llama:0:bogus=3", "--loopback"], ["unknown tiny-model setting 'bogus'", "n_layers"]),
+        (["--model", "tiny:qwen3:0:name=1", "--loopback"], ["unknown tiny-model setting 'name'"]),
+        (["--model", "tiny:llama:0:bos_token_id=99999", "--loopback"], ["outside the vocabulary of 320"]),
+        # before: options of the mesh were dropped without a word on --loopback, or with no shards at all
+        (["--model", "tiny:llama:0", "--loopback", "--ground-station", "Atlantis"],
+         ["--ground-station goes with --constellation", "nothing on --loopback"]),
+        (["--model", "tiny:llama:0", "--loopback", "--placement", "spread", "--duration", "5"],
+         ["--placement, --duration go with --constellation"]),
+        (["--time-scale", "3"], ["--time-scale goes with --constellation"]),
+    ])
+    def test_generate_options(self, capsys, monkeypatch, argv, words):
+        no_shards(monkeypatch)
+        err = one_line(capsys, "generate", "hi", "--max-new-tokens", "2", *argv)
+        assert all(w in err for w in words), err
+
+    @pytest.mark.parametrize("argv,words", [
+        (["--concurrency", "x"], ["--concurrency 'x'"]),  # before: ValueError traceback
+        (["--concurrency", "0"], ["--concurrency '0'", "[1, 1024]"]),  # before: a row of 0 requests
+        (["--layouts", "100x100"], ["--layouts 100x100", "pipeline stages"]),  # before: 10,000 shards started
+        (["--layouts", "1x1:allgather"], ["bad layout '1x1:allgather'"]),
+        (["--layouts", "0x1"], ["tp and pp must be at least 1"]),
+    ])
+    def test_bench_serving_options_before_a_shard_starts(self, capsys, monkeypatch, argv, words):
+        no_shards(monkeypatch)
+        err = one_line(capsys, "bench", "serving", "--model", "tiny:llama:0", *argv)
+        assert all(w in err for w in words), err
+
+
+class TestSecondSweepShaping:
+    @pytest.mark.parametrize("backend", ["none", "delayline"])
+    def test_a_delay_only_backend_refuses_rate_and_loss(self, backend):
+        # before: 'none' dropped the loss (and the rate) without a word and the run went on
+        from meshemu.emulation.shaping import SHAPERS, ShapingConfig, check_backend
+
+        for config in (ShapingConfig(loss=0.1), ShapingConfig(rate_bps=20e6)):
+            with pytest.raises(InputError, match=f"the {backend} shaper does delay only"):
+                check_backend(backend, config)
+            with pytest.raises(InputError, match="does delay only"):
+                SHAPERS[backend](mesh=None, config=config)
+        check_backend("netem", ShapingConfig(loss=0.1))
+
+    @pytest.mark.parametrize("rate_bps,loss", [(1e-300, 0.0), (1e300, 0.0), (0.0, 0.0), (None, 5.0),
+                                               (None, float("nan"))])
+    def test_rates_netem_cannot_carry(self, rate_bps, loss):
+        # before: 1e-300 bit/s was 0 bytes/s to netem (no limit at all); 1e300 a struct.error as root
+        from meshemu.emulation.shaping import ShapingConfig
+
+        with pytest.raises(InputError):
+            ShapingConfig(rate_bps=rate_bps, loss=loss)
+
+
+class TestSecondSweepRunCheck:
+    @pytest.mark.parametrize("old,new,words", [
+        ("backend: auto}", "backend: none, rate_mbps: 10}", ["the none shaper does delay only"]),
+        ("backend: auto}", "backend: netem, rate_mbps: 1e-300}", ["shaping.rate_mbps 1e-300 is outside"]),
+        ("backend: auto}", "backend: netem, rate_mbps: 1e300}", ["shaping.rate_mbps 1e+300 is outside"]),
+        ("gap_s: 20", "gap_s: 1e300", ["workload.gap_s must be at most 604,800 s"]),
+        ("seed: 0", "seed: 1e30", ["seed must be at most 2^63"]),
+        ("time_scale: 2.0", "time_scale: 1e-300", ["time_scale must be greater than 0", "within [1e-6, 1e6], got 1e-300"]),
+        ("source: default", "source: ''", ["model.source is empty"]),
+        ("source: default, compute: real", "source: 'preset:qwen3-8b', compute: real",
+         ["model.compute: preset:qwen3-8b has no weights"]),  # before: OK, then refused by every shard
+        ("seed: 0", "seed: 0\nsweep: {field: source, values: [x]}", ["cannot sweep 'source'"]),  # a no-op
+        ("seed: 0", "seed: 0\nsweep: {field: time_scale, values: [1, 1]}",  # before: two runs, one folder
+         ["sweep.values[1]", "run name 'quickstart-time_scale1' that sweep.values[0] gives too"]),
+    ])
+    def test_refused_naming_file_and_key(self, capsys, tmp_path, old, new, words):
+        assert old in QUICKSTART
+        (tmp_path / "e.yaml").write_text(QUICKSTART.replace(old, new, 1))
+        err = one_line(capsys, "run", tmp_path / "e.yaml", "--check")
+        assert f"{tmp_path / 'e.yaml'}" in err and all(w in err for w in words), err
+
+
+def _series_file(tmp_path, **changes):
+    """A small real series saved, with arrays replaced by ``changes`` (None: left out)."""
+    import numpy as np
+
+    from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation
+    from meshemu.links import compute_link_series
+
+    c = load_constellation("demo")
+    s = compute_link_series(c, default_ground_stations()[:3], TimeGrid.from_window(c.epoch_utc, start_s=0,
+                                                                                    duration_s=3, step_s=1))
+    path = tmp_path / "s.npz"
+    s.save(path)
+    arrays = dict(np.load(path))
+    for k, v in changes.items():
+        if v is None:
+            arrays.pop(k)
+        else:
+            arrays[k] = v(arrays) if callable(v) else v
+    np.savez(path, **arrays)
+    return path
+
+
+class TestSecondSweepLinkSeriesFiles:
+    @pytest.mark.parametrize("changes,words", [
+        # before: a ValueError from scipy when routed
+        ({"links": lambda a: a["links"] + [0, 10_000]}, ["a link names a node outside"]),
+        ({"times_s": lambda a: a["times_s"][:2]}, ["length_m is (3,"]),  # before: drawn as if fine
+        ({"times_s": lambda a: a["times_s"][::-1].copy()}, ["times_s must be", "increasing"]),
+        ({"node_names": lambda a: a["node_names"][:0]}, ["satellites among 0 nodes"]),
+        ({"n_satellites": -5}, ["-5 satellites"]),  # before: IndexError in the view
+        ({"length_m": lambda a: a["length_m"] * float("inf")}, ["length_m must be metres"]),
+        ({"format_version": lambda a: a["format_version"].reshape(1)}, ["link series format [1] is not 1"]),
+        ({"positions_m": None}, ["'positions_m is not a file in the archive'"]),
+    ])
+    def test_a_foreign_or_inconsistent_series(self, tmp_path, changes, words):
+        from meshemu.links import LinkSeries
+
+        path = _series_file(tmp_path, **changes)
+        with pytest.raises(InputError) as err:
+            LinkSeries.load(path)
+        assert str(err.value).startswith(f"{path}: ") and all(w in str(err.value) for w in words), err.value
+
+    @pytest.mark.parametrize("content,words", [
+        (b"PK\x03\x04 truncated", ["not a meshemu link series"]),  # before: BadZipFile traceback
+        (b"\x93NUMPY", ["not a meshemu link series"]),
+        (None, ["a single array (.npy), not an .npz archive"]),
+    ])
+    def test_files_that_are_no_archive(self, tmp_path, content, words):
+        import numpy as np
+
+        from meshemu.links import LinkSeries
+
+        path = tmp_path / "x.npz"
+        if content is None:
+            np.save(tmp_path / "x.npy", np.zeros(3))
+            (tmp_path / "x.npy").rename(path)
+        else:
+            path.write_bytes(content)
+        with pytest.raises(InputError) as err:
+            LinkSeries.load(path)
+        assert all(w in str(err.value) for w in words), err.value
+
+    def test_a_saved_series_loads(self, tmp_path):
+        from meshemu.links import LinkSeries
+
+        assert LinkSeries.load(_series_file(tmp_path)).n_steps == 3
+
+
+class TestSecondSweepServingJobs:
+    """``python -m meshemu.serving.client --job FILE``: what the JSON may hold, refused before any connection."""
+
+    @staticmethod
+    def job_text(change) -> str:
+        import json
+
+        from meshemu.serving.job import Request, ServingJob, ServingPlan
+
+        job = ServingJob(ServingPlan("tiny:llama:0"), (Request((1, 2, 3), request_id="r0"),))
+        data = json.loads(job.placed(["127.0.0.1:5000"], ["p00s00"]).to_json())
+        change(data)
+        return json.dumps(data)
+
+    @pytest.mark.parametrize("change,words", [
+        (lambda d: d.update(concurrency=10**30), ["concurrency must be within [1, 1,024]"]),
+        # the next four were ValueErrors in the protobuf encoder, i.e. tracebacks in the client
+        (lambda d: d["requests"][0].update(max_new_tokens=-1), ["max_new_tokens must be at least 1"]),
+        (lambda d: d["requests"][0].update(seed=10**30), ["seed must be a whole number in [0, 2^64)"]),
+        (lambda d: d["requests"][0].update(prompt=[10**30]), ["token id 1000000000000000000000000000000"]),
+        (lambda d: d["requests"][0].update(stop_ids=[-1]), ["stop_ids: token id -1"]),
+        (lambda d: d["requests"][0].update(temperature=-5), ["temperature must be a finite number"]),
+        (lambda d: d["requests"][0].update(top_p=7), ["top_p must be in (0, 1]"]),
+        (lambda d: d["requests"][0].update(request_id="x" * 1000), ["request_id is 1,000 characters"]),
+        (lambda d: d.update(gap_s=1e300), ["gap_s must be at most 604,800 s"]),  # OverflowError in sleep
+        (lambda d: d.update(step_timeout_s=1e300), ["step_timeout_s must be at most 86,400 s"]),
+        (lambda d: d["plan"].update(ranks=["nonsense"]), ["shard address 'nonsense' is not IP:PORT"]),
+        (lambda d: d["plan"].update(ranks=["127.0.0.1:99999"]), ["is not IP:PORT"]),
+        (lambda d: d["plan"].update(tp=2, ranks=["a:1", "b:2"]), ["1 node names for 2 shard addresses"]),
+        (lambda d: d["plan"].update(peak_flops=-1), ["peak_flops must be a finite number, 0 or more"]),
+        (lambda d: d["plan"].update(model="preset:qwen3-8b"), ["has no weights: serve it with compute device"]),
+        (lambda d: d["requests"].append(dict(d["requests"][0])), ["requests[1] has the request_id of requests[0]"]),
+    ])
+    def test_refused(self, change, words):
+        from meshemu.serving.job import ServingJob
+
+        with pytest.raises(InputError) as err:
+            ServingJob.from_json(self.job_text(change))
+        assert all(w in str(err.value) for w in words), err.value
+
+    def test_json_nested_too_deeply(self):
+        # before: a RecursionError traceback
+        from meshemu.serving.job import ServingJob
+
+        with pytest.raises(InputError, match="nested too deeply"):
+            ServingJob.from_json('{"a": ' * 100_000 + "1" + "}" * 100_000)
+
+    def test_numpy_token_ids_are_plain_ints(self):
+        import numpy as np
+
+        from meshemu.serving.job import Request
+
+        assert Request(np.array([1, 2], dtype=np.int64)).prompt == (1, 2)
+
+
+class TestSecondSweepModels:
+    @pytest.mark.parametrize("peaks", [{"peak_flops": float("nan")}, {"peak_flops": -1.0},
+                                       {"peak_bandwidth_Bps": float("inf")}])
+    def test_a_device_with_impossible_peaks(self, peaks):
+        # before: a NaN peak made every wait NaN, and DeviceClock.settle spun on it for ever
+        from meshemu.serving.compute import parse_compute
+
+        with pytest.raises(InputError, match="must be a finite number greater than 0"):
+            parse_compute("device:h100", **peaks)
+
+    def test_a_nan_wait_returns(self):
+        from meshemu.serving.compute import DeviceClock
+
+        clock = DeviceClock()
+        clock.owe(float("nan"))
+        clock.settle()  # before: never returned
+
+    def test_weight_cache_entries_are_readable_by_other_users(self, tmp_path):
+        # before: 0600, since safetensors makes the file anew after the chmod to 0644
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        from meshemu.model.weight_cache import _replace_with
+
+        target = tmp_path / "e.safetensors"
+        _replace_with(target, lambda tmp: save_file({"a": np.zeros(2, np.float32)}, tmp))
+        assert target.stat().st_mode & 0o777 == 0o644
+
+
+class TestSecondSweepConstellationFiles:
+    @pytest.mark.parametrize("text,words", [
+        # before: PyYAML's bare ValueError, a traceback
+        (f"name: x\nepoch: 2026-02-30T00:00:00Z\nshells:\n{SHELL}",
+         ["c.yaml:2: '2026-02-30T00:00:00Z' is not a date"]),
+        # before: an OverflowError while linking the seam
+        ("name: x\nshells:\n" + SHELL.replace("}", ", phasing: 1e30}"), ["phasing (Walker's F)", "[0, 3]"]),
+        ("name: x\nshells:\n" + SHELL.replace("}", ", phasing: -7}"), ["phasing (Walker's F)"]),
+        ("name: x\nshells:\n" + SHELL.replace("}", ", raan_spread_deg: 1e300}"), ["raan_spread_deg must be within"]),
+    ])
+    def test_refused_naming_file_and_line(self, capsys, tmp_path, text, words):
+        (tmp_path / "c.yaml").write_text(text)
+        err = one_line(capsys, "rtt", "-c", tmp_path / "c.yaml", "--from", "0", "--to", "1", "--duration", "1")
+        assert all(w in err for w in words), err
+
+
+class TestSecondSweepRecordsFolder:
+    @pytest.mark.parametrize("out,words", [
+        ("/proc/xx", ["/proc/xx: cannot write into /proc"]),  # before: FileNotFoundError after the whole run
+        ("{tmp}/f/sub", ["cannot make the folder: ", "/f is a file"]),
+        ("{tmp}/f", ["is a file; --out wants a folder"]),
+        ("", ["--out is empty"]),
+    ])
+    def test_emulate_out_is_checked_before_the_run_and_nothing_is_made(self, tmp_path, out, words):
+        from meshemu.cli.output import check_output_dir
+
+        (tmp_path / "f").write_text("x")
+        with pytest.raises(InputError) as err:
+            check_output_dir(out.format(tmp=tmp_path))
+        assert all(w in str(err.value) for w in words), err.value
+        assert check_output_dir(tmp_path / "new" / "deeper") and not (tmp_path / "new").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

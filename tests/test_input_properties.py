@@ -275,3 +275,52 @@ class TestCommandLine:
         if code != 0:
             errors = [l for l in lines if l.startswith("meshemu: error: ")]
             assert code == 2 and len(errors) == 1 and lines[-1] == errors[0], lines
+
+
+# JSON values a hand-edited or hostile job file holds, field by field
+JSON_VALUE = st.one_of(st.none(), st.booleans(), st.sampled_from([0, -1, 1, 2**31, 2**32, 2**64, 10**30]),
+                       st.sampled_from([0.0, -0.5, 0.5, 1e-300, 1e300, 7.0]), st.text(JUNK, max_size=8),
+                       st.lists(st.sampled_from([0, 1, -1, 2**63, 1.5, "x"]), max_size=3), st.builds(dict))
+
+
+@st.composite
+def serving_job_doc(draw):
+    """The JSON of a placed job with a few values (or keys) replaced by anything."""
+    import json
+
+    from meshemu.serving.job import Request, ServingJob, ServingPlan
+
+    job = ServingJob(ServingPlan("tiny:llama:0", tp=1, pp=2), (Request((1, 2, 3), request_id="r0"),))
+    doc = json.loads(job.placed(["127.0.0.1:5000", "127.0.0.1:5001"], ["a", "b"]).to_json())
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from([(), ("plan",), ("requests", 0), ("recovery",)]))
+        where = doc
+        for step in path:
+            try:
+                where = where[step]
+            except (KeyError, IndexError, TypeError):
+                break
+        if not isinstance(where, dict):
+            continue
+        key = draw(st.sampled_from(sorted(where) + ["bogus"]))
+        if draw(st.integers(0, 9)) == 0:
+            where.pop(key, None)
+        else:
+            where[key] = draw(JSON_VALUE)
+    return json.dumps(doc)
+
+
+class TestServingJobJson:
+    @FAST
+    @given(serving_job_doc())
+    def test_a_job_file_of_bad_values_is_refused_or_encodes(self, text):
+        # accepted means the client can send it: every request encodes for the wire without a ValueError
+        from meshemu.serving.job import ServingJob
+        from meshemu.serving.rpc import shard_pb2 as pb
+
+        job = only_input_errors(ServingJob.from_json, text)
+        if job is not None:
+            for r in job.requests:
+                pb.GenerateRequest(request_id=r.request_id, prompt=r.prompt, max_new_tokens=r.max_new_tokens,
+                                   sampling=pb.Sampling(temperature=r.temperature, top_p=r.top_p, seed=r.seed),
+                                   stop_ids=r.stop_ids, step_timeout_s=job.step_timeout_s)

@@ -9,11 +9,16 @@ import threading
 import time
 from pathlib import Path
 
-from meshemu.cli.output import add_output_args, write_rows
-from meshemu.cli.types import float_in, positive_float, positive_int
+from meshemu.cli.output import (add_output_args, check_output_dir, check_rows_output, make_output_dir,
+                                write_rows)
+from meshemu.cli.types import float_in, int_in, namespace_prefix, tcp_port, time_scale
 from meshemu.cli.scenario import add_scenario_args, load_scenario
 from meshemu.cli.topology import compute_series
 from meshemu.errors import InputError
+
+
+# Probes per pair per step: each is an ICMP echo within the step, and a step lasts a second or so.
+MAX_REPEAT = 1000
 
 
 def register(commands, benches):
@@ -24,7 +29,11 @@ def register(commands, benches):
     p.add_argument("--out", metavar="DIR", help="write per-step records (steps.csv) and run metadata (run.json); "
                                                "'meshemu view --attach DIR' follows it live")
     p.add_argument("--view", action="store_true", help="serve a live web view on 127.0.0.1 (--view-port)")
-    p.add_argument("--view-port", type=int, default=8765, metavar="PORT", help="port of --view (8765)")
+    p.add_argument("--view-port", type=tcp_port, default=8765, metavar="PORT", help="port of --view (8765)")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="a fault in series time, repeatable: at=S,satellite=NAME|link=A-B|station=CITY,for=S "
+                        "(e.g. at=20,satellite=p00s01,for=60): its links are down for the outage and routes go "
+                        "around it")
     p.set_defaults(run=run_emulate)
 
     p = commands.add_parser("probe", help="measured RTT on the live mesh beside the link series' RTT (root)")
@@ -32,12 +41,13 @@ def register(commands, benches):
     _emulation_args(p)
     p.add_argument("--pair", nargs=2, action="append", metavar=("SRC", "DST"),
                    help="a node pair to probe (repeatable; default: three city pairs with a path)")
-    p.add_argument("--repeat", type=positive_int, default=1, help="probes per pair per step (1)")
+    p.add_argument("--repeat", type=int_in(1, MAX_REPEAT), default=1,
+                   help=f"probes per pair per step (1; at most {MAX_REPEAT})")
     add_output_args(p)
     p.set_defaults(run=run_probe)
 
     p = commands.add_parser("clean", help="remove namespaces, links, rules and processes a run left (root)")
-    p.add_argument("--prefix", default="meshemu", help="namespace prefix (meshemu)")
+    p.add_argument("--prefix", type=namespace_prefix, default="meshemu", help="namespace prefix (meshemu)")
     p.set_defaults(run=run_clean)
 
     p = benches.add_parser("emulate", help="build, step and tear down a full mesh, timed (root)")
@@ -50,24 +60,55 @@ def _emulation_args(p):
     g = p.add_argument_group("emulation")
     g.add_argument("--shaper", default="auto", choices=("auto", "netem", "delayline", "none"),
                    help="link delay backend: netem where the kernel has it, else the NFQUEUE delay line (auto)")
-    g.add_argument("--time-scale", type=positive_float, default=1.0, metavar="X",
+    g.add_argument("--time-scale", type=time_scale, default=1.0, metavar="X",
                    help="play X times faster than real time (1)")
     g.add_argument("--catch-up", default="jump", choices=("jump", "replay"),
                    help="more than a step behind the clock: jump to the step due now, or replay every step (jump)")
-    g.add_argument("--rate-mbps", type=positive_float, metavar="MBPS", help="per-link rate limit (netem)")
+    g.add_argument("--rate-mbps", type=float_in(1e-3, 1e7, "Mbit/s"), metavar="MBPS",
+                   help="per-link rate limit (netem)")
     g.add_argument("--loss", type=float_in(0, 1), default=0.0, metavar="P",
                    help="per-link loss probability, 0 to 1 (netem; default 0)")
-    g.add_argument("--prefix", default="meshemu", help="namespace prefix (meshemu)")
+    g.add_argument("--prefix", type=namespace_prefix, default="meshemu", help="namespace prefix (meshemu)")
+
+
+def _shaping(args):
+    """The links' rate and loss, checked against a named backend before anything is computed."""
+    from meshemu.emulation.shaping import ShapingConfig, check_backend
+
+    shaping = ShapingConfig(rate_bps=args.rate_mbps * 1e6 if args.rate_mbps else None, loss=args.loss)
+    check_backend(args.shaper, shaping)  # auto: once the kernel has said which it is
+    return shaping
 
 
 def _emulation(args, series):
     from meshemu.emulation.emulation import Emulation
-    from meshemu.emulation.shaping import ShapingConfig
 
     if args.time_scale <= 0:
         raise InputError(f"--time-scale must be positive, got {args.time_scale}")
-    shaping = ShapingConfig(rate_bps=args.rate_mbps * 1e6 if args.rate_mbps else None, loss=args.loss)
-    return Emulation(series, shaper=args.shaper, prefix=args.prefix, shaping=shaping)
+    return Emulation(series, shaper=args.shaper, prefix=args.prefix, shaping=_shaping(args))
+
+
+def _fault(text: str):
+    from meshemu.deployment.faults import parse_fault
+
+    fault = parse_fault(text)
+    if fault.rank is not None:
+        raise InputError(f"--fault {text!r}: rank:N needs a serving layout; name the satellite, or use meshemu run")
+    if fault.kind == "reboot":
+        raise InputError(f"--fault {text!r}: a bare mesh has no shard to reset; use for=S (the satellite goes dark)")
+    return fault
+
+
+def _with_faults(series, faults):
+    """The series with the faults' outages: what the player applies (routes go around them)."""
+    from meshemu.deployment.faults import FaultSchedule
+
+    schedule = FaultSchedule(series, faults)
+    schedule.check(0)
+    for f in faults:
+        print(f"meshemu: fault: {f.kind} of {f.target} at {f.at_s:g} s"
+              + (f" for {f.end_after_s:g} s" if f.for_s else ""), file=sys.stderr)
+    return schedule.series
 
 
 def _check_root():
@@ -80,8 +121,14 @@ def run_emulate(args) -> int:
     from meshemu.emulation.player import Player
 
     _check_root()
+    _shaping(args)
+    if args.out:
+        check_output_dir(args.out)  # before: a folder that could not be made was a traceback after the run
     scenario = load_scenario(args)
+    faults = [_fault(text) for text in args.fault]
     series = compute_series(scenario)
+    if faults:
+        series = _with_faults(series, faults)
     from meshemu.view.live import StepSinks
 
     # before the mesh is built, so that a port in use stops us at once
@@ -130,17 +177,23 @@ def run_emulate(args) -> int:
 
 
 def _write_run(out: Path, args, emu, records, summary) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "steps.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        if records:
-            w.writerow(records[0].as_dict().keys())
-            w.writerows(r.as_dict().values() for r in records)
+    make_output_dir(out)
+    try:
+        with open(out / "steps.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            if records:
+                w.writerow(records[0].as_dict().keys())
+                w.writerows(r.as_dict().values() for r in records)
+    except OSError as err:
+        raise InputError(f"cannot write: {err.strerror or err}", file=out / "steps.csv") from None
     meta = {"capabilities": emu.capabilities.as_dict() if emu.capabilities else None, "shaper": emu.backend,
             "constellation": emu.series.constellation, "nodes": len(emu.plan.node_names),
             "links": len(emu.plan.links), "build_s": getattr(emu, "build_s", None), "summary": summary,
             "arguments": {k: v for k, v in vars(args).items() if k != "run"}}
-    (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+    try:
+        (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+    except OSError as err:
+        raise InputError(f"cannot write: {err.strerror or err}", file=out / "run.json") from None
     print(f"meshemu: wrote {out / 'steps.csv'} and {out / 'run.json'}", file=sys.stderr)
 
 
@@ -150,6 +203,8 @@ def run_probe(args) -> int:
                                         path_summary, probe_pairs)
 
     _check_root()
+    _shaping(args)
+    check_rows_output(args)
     scenario = load_scenario(args)
     pairs_named = args.pair or []
     for a, b in pairs_named:
@@ -211,6 +266,7 @@ def run_bench_emulate(args) -> int:
     from meshemu.emulation.player import Player
 
     _check_root()
+    _shaping(args)
     if not args.constellation and not args.tles:
         args.constellation = args.constellation_default
     scenario = load_scenario(args)

@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 
-from meshemu.cli.types import nonnegative_float, nonnegative_int, positive_int
+from meshemu.cli.types import nonnegative_float, positive_int, seed
 
 
 def register(commands, benches):
@@ -30,7 +30,7 @@ def register(commands, benches):
                      help="sample at this temperature (default 0: greedy; SmolLM2 suggests 0.2)")
     gen.add_argument("--top-p", type=float, default=0.9,
                      help="nucleus sampling mass when sampling (default 0.9)")
-    gen.add_argument("--seed", type=nonnegative_int, default=0, help="random seed of the sampler (default 0)")
+    gen.add_argument("--seed", type=seed, default=0, help="random seed of the sampler (default 0)")
     gen.add_argument("--no-chat-template", action="store_true",
                      help="feed the raw text instead of wrapping it as one user message")
     gen.add_argument("--system", default=None,
@@ -72,11 +72,12 @@ def _load(path):
 
 
 def run_generate(args) -> int:
-    from meshemu.cli.serve import run_sharded_generate, wants_shards
+    from meshemu.cli.serve import check_mesh_only, run_sharded_generate, wants_shards
     from meshemu.model import SamplingParams, Transformer, generate
 
     if wants_shards(args):
         return run_sharded_generate(args)
+    check_mesh_only(args)
 
     sampling = SamplingParams(temperature=0.0 if args.greedy else args.temperature,
                               top_p=args.top_p, seed=args.seed)

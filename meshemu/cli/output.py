@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,11 +19,26 @@ def add_output_args(parser) -> None:
     parser.add_argument("--out", "-o", metavar="FILE", help="write to FILE (.csv or .json) instead of the terminal")
 
 
-def write_rows(args, columns, rows, *, title: str = "") -> None:
-    """Write ``rows`` (sequences matching ``columns``) as the arguments ask."""
+def output_format(args) -> str:
+    """``--format``, or the one ``--out``'s suffix names; an InputError when neither says."""
+    if args.out is not None and not str(args.out).strip():
+        raise InputError("--out is empty: give a file name (.csv or .json)")
     fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "table")
     if fmt not in FORMATS:
         raise InputError(f"cannot tell the format from {args.out!r}: use --format csv or json")
+    return fmt
+
+
+def check_rows_output(args) -> None:
+    """Before the work: the format can be told and ``--out`` can be written (not after minutes of it)."""
+    output_format(args)
+    if args.out:
+        check_writable(args.out)
+
+
+def write_rows(args, columns, rows, *, title: str = "") -> None:
+    """Write ``rows`` (sequences matching ``columns``) as the arguments ask."""
+    fmt = output_format(args)
     if fmt == "table" and not args.out:
         from rich.console import Console
         from rich.table import Table
@@ -52,10 +68,64 @@ def write_rows(args, columns, rows, *, title: str = "") -> None:
         sys.stdout.write(buf.getvalue())
 
 
+def series_path(text) -> Path:
+    """Where ``--out FILE.npz`` saves a series: ``.npz`` added when missing (as numpy does), never a folder.
+
+    >>> str(series_path("run/a")), str(series_path("a.npz"))
+    ('run/a.npz', 'a.npz')
+    >>> series_path("results/")
+    Traceback (most recent call last):
+    ...
+    meshemu.errors.InputError: results/: --out names a folder: give a file name such as results/series.npz
+    """
+    text = str(text)
+    if not text.strip():
+        raise InputError("--out is empty: give a file name such as series.npz")
+    if text.endswith("/") or Path(text).is_dir():
+        # before: numpy saved 'results/' as 'results.npz', beside the folder instead of in it
+        raise InputError(f"--out names a folder: give a file name such as {Path(text) / 'series.npz'}", file=text)
+    return Path(text if text.endswith(".npz") else f"{text}.npz")
+
+
+def check_output_dir(path) -> Path:
+    """InputError now, before a run whose records folder ``path`` will hold, when it could not be made or
+    written; nothing is made (a run refused later leaves nothing behind)."""
+    if not str(path).strip():
+        raise InputError("--out is empty: give a folder name")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError("is a file; --out wants a folder", file=path)
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot make the folder: {existing} is a file", file=path)
+    probe = existing / f".meshemu-write-test-{os.getpid()}"
+    try:
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"cannot write into {existing}: {err.strerror or err}", file=path) from None
+    return path
+
+
+def make_output_dir(path) -> Path:
+    """Make the records folder ``path`` (one line when it cannot be made)."""
+    path = check_output_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot make the folder: {err.strerror or err}", file=path) from None
+    return path
+
+
 def check_writable(path) -> None:
     """InputError now, not after minutes of work, when ``path`` cannot be written (its folder is missing,
     read-only, or a pseudo file system such as /proc)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder: give a file name", file=path)
     existed = path.exists()
     try:
         with open(path, "ab"):

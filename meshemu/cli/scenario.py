@@ -68,6 +68,11 @@ def add_scenario_args(parser, *, duration_s: float = 100.0, step_s: float = 1.0)
 
 
 def load_scenario(args) -> Scenario:
+    for flag, value in (("--constellation", args.constellation), ("--tles", args.tles), ("--isls", args.isls),
+                        ("--grid", args.grid), ("--ground-stations", args.ground_stations), ("--epoch", args.epoch)):
+        if value is not None and not value.strip():
+            # before: an empty value (an unset shell variable) read as no option, and the default was used
+            raise InputError(f"{flag} is empty: give a value or leave the option out")
     if args.tles and args.constellation:
         raise InputError("give --constellation or --tles, not both")
     if (args.isls or args.grid) and not args.tles:

@@ -12,12 +12,12 @@ import sys
 import time
 import uuid
 
-from meshemu.cli.types import (finite_float, int_in, nonnegative_float, placement_strategy, positive_float,
-                               positive_int, retire, window_duration)
+from meshemu.cli.types import (finite_float, float_in, int_in, nonnegative_float, placement_strategy,
+                               positive_float, positive_int, retire, time_scale, window_duration)
 from meshemu.errors import InputError
 from meshemu.model.partition import check_layout
 from meshemu.serving.compute import parse_compute
-from meshemu.serving.job import Request, ServingJob, ServingPlan
+from meshemu.serving.job import MAX_STEP_TIMEOUT_S, MAX_WAIT_S, Request, ServingJob, ServingPlan
 from meshemu.serving.session import describe_model, make_context
 
 # Requests at once: the client runs each in a thread of its own (100,000 ran out of threads); 300 of
@@ -68,19 +68,38 @@ def add_serving_arguments(parser) -> None:
                    help="with --constellation: series step in s (default 1)")
     for old, new in (("--start-s", "--start"), ("--duration-s", "--duration"), ("--step-s", "--step")):
         retire(g, old, new)
-    g.add_argument("--time-scale", type=positive_float, default=1.0, metavar="X",
+    g.add_argument("--time-scale", type=time_scale, default=1.0, metavar="X",
                    help="with --constellation: mesh clock speed-up (default 1)")
     g.add_argument("--compute", default="real", metavar="MODE",
                    help="real, or device:NAME (h100, h200, a100, l4, orin) to wait modelled device time")
     g.add_argument("--requests", type=int_in(1, MAX_REQUESTS), default=1, metavar="N",
                    help="send the prompt N times at once (micro-batches); text of the first is printed")
     g.add_argument("--metrics", metavar="FILE", help="append per-request and per-token JSON Lines here")
-    g.add_argument("--step-timeout", type=positive_float, default=10.0, metavar="S",
+    g.add_argument("--step-timeout", type=float_in(0, MAX_STEP_TIMEOUT_S, "s", open_low=True), default=10.0,
+                   metavar="S",
                    help="longest wait for one token or one peer (default 10)")
-    g.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
+    g.add_argument("--timeout", type=float_in(0, MAX_WAIT_S, "s", open_low=True), default=600.0, metavar="S",
                    help="deadline of each request (default 600)")
     g.add_argument("--hop-overhead-ms", type=nonnegative_float, default=None, metavar="MS",
                    help="software cost of one message for the prediction (default: measured constant)")
+
+
+# Options that only mean something in a mesh, with their defaults: given without --constellation they
+# were dropped without a word.
+MESH_ONLY = {"placement": ("--placement", "plane"), "ground_station": ("--ground-station", "Paris"),
+             "shaper": ("--shaper", "auto"), "start": ("--start", 0.0), "duration": ("--duration", 600.0),
+             "step": ("--step", 1.0), "time_scale": ("--time-scale", 1.0)}
+
+
+def check_mesh_only(args) -> None:
+    """InputError when an option of the mesh was given (changed from its default) without --constellation."""
+    if args.constellation:
+        return
+    given = [flag for name, (flag, default) in MESH_ONLY.items() if getattr(args, name) != default]
+    if given:
+        raise InputError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with --constellation NAME "
+                         f"(the shards in a mesh); {'it does' if len(given) == 1 else 'they do'} nothing "
+                         f"{'on --loopback' if args.loopback else 'here'}")
 
 
 def wants_shards(args) -> bool:
@@ -125,6 +144,7 @@ def run_sharded_generate(args) -> int:
 
     if not (args.loopback or args.constellation):
         raise InputError("sharded serving needs --loopback (local processes) or --constellation NAME (a mesh)")
+    check_mesh_only(args)
     source, config, tok = describe_model(args.model)
     device = parse_compute(args.compute)
     job = serving_job(args, source, config, tok)
@@ -247,9 +267,24 @@ def _layouts(text):
     for item in text.split(","):
         shape, _, algo = item.strip().partition(":")
         t, _, p = shape.partition("x")
-        if not (t.isdigit() and p.isdigit()):
+        if not (t.isdigit() and p.isdigit()) or algo not in ("", "ring", "direct"):
             raise InputError(f"bad layout {item!r}: expected TPxPP[:ring|direct]")
+        if int(t) < 1 or int(p) < 1:
+            raise InputError(f"bad layout {item!r}: tp and pp must be at least 1")
         out.append((int(t), int(p), algo or "ring"))
+    return out
+
+
+def _counts(text):
+    """``--concurrency 1,2,4``: micro-batch counts, each within [1, MAX_REQUESTS]."""
+    out = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        if not item.strip().isdigit() or not 1 <= int(item) <= MAX_REQUESTS:
+            # before: 'x' was a traceback and 0 printed a row of 0 requests
+            raise InputError(f"--concurrency {item.strip()!r}: each count is a whole number within [1, {MAX_REQUESTS}]")
+        out.append(int(item))
     return out
 
 
@@ -260,10 +295,15 @@ def run_bench(args) -> int:
     from meshemu.serving.report import RunContext, analyse
 
     layouts = _layouts(args.layouts)
-    concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    concurrency = _counts(args.concurrency)
     if args.tokens < 2 or args.hop_tokens < 2:
         raise InputError("--tokens and --hop-tokens must be >= 2")
     source, config, tok = describe_model(args.model)
+    for t, p, _ in layouts:  # before a single shard process starts (100x100 started 10,000 of them)
+        try:
+            check_layout(config, t, p)
+        except InputError as err:
+            raise InputError(f"--layouts {t}x{p}: {err}") from None
     prompt = tuple(tok.encode("Satellites in low Earth orbit pass over a ground station every ninety minutes.")
                    if tok is not None else range(3, 19))
     metrics = JsonLines(args.metrics)

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from meshemu.cli.output import add_output_args, check_writable, progress_bar, write_rows
+from meshemu.cli.output import (add_output_args, check_rows_output, check_writable, progress_bar,
+                                series_path, write_rows)
 from meshemu.cli.scenario import add_scenario_args, load_scenario
 from meshemu.constellation import available_constellations, load_constellation
 from meshemu.links import compute_link_series
@@ -49,6 +50,7 @@ def compute_series(scenario, label="propagating"):
 
 
 def run_rtt(args) -> int:
+    check_rows_output(args)
     scenario = load_scenario(args)
     src, dst = scenario.node(args.src), scenario.node(args.dst)
     series = compute_series(scenario)
@@ -73,9 +75,10 @@ def run_rtt(args) -> int:
 
 def run_topology(args) -> int:
     scenario = load_scenario(args)
-    check_writable(args.out if str(args.out).endswith(".npz") else f"{args.out}.npz")
+    out = series_path(args.out)
+    check_writable(out)
     series = compute_series(scenario)
-    path = series.save(args.out)
+    path = series.save(out)
     up = series.up
     print(f"{series.constellation}: {series.n_satellites} satellites, {series.n_ground_stations} ground stations, "
           f"{series.n_steps} steps of {args.step:g} s; {int((~series.is_gsl).sum())} ISLs, "

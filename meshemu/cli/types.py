@@ -114,6 +114,40 @@ def int_in(low: int, high: int):
     return parse
 
 
+def time_scale(text: str) -> float:
+    """How much faster than real time a constellation plays: within [1e-6, 1e6] (1 is real time)."""
+    value = _float(text)
+    if not 1e-6 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0, within [1e-6, 1e6] (1 is real time)")
+    return value
+
+
+def tcp_port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0-65535)")
+    return value
+
+
+def namespace_prefix(text: str) -> str:
+    """A namespace prefix (``meshemu clean --prefix ''`` would otherwise report 0 removed and mean nothing)."""
+    from meshemu.emulation.naming import check_prefix  # here: the CLI imports its layers lazily
+
+    try:
+        return check_prefix(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def seed(text: str) -> int:
+    """A random seed: a whole number in [0, 2^63) (the wire carries 64 bits; requests add their index)."""
+    value = _int(text)
+    if not 0 <= value < 1 << 63:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more and below 2^63")
+    return value
+
+
 class _Retired(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         parser.error(f"{option_string} is now {self.default}: every command spells it the same way")

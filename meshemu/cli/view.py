@@ -7,6 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from meshemu.cli.output import check_writable
+from meshemu.cli.types import float_in
 from meshemu.errors import InputError
 
 
@@ -27,7 +29,7 @@ def register(commands, benches):
     p.add_argument("--constellation", "-c", default="starlink-shell1", help="(starlink-shell1)")
     p.add_argument("--duration", type=float, default=600.0, metavar="S", help="window in seconds (600)")
     p.add_argument("--step", type=float, default=10.0, metavar="S", help="step in seconds (10)")
-    p.add_argument("--seconds", type=float, default=5.0, help="how long to measure each view (5)")
+    p.add_argument("--seconds", type=float_in(0.5, 600, "s"), default=5.0, help="how long to measure each view (5)")
     p.set_defaults(run=run_bench_view)
 
 
@@ -37,9 +39,13 @@ def run_view(args) -> int:
 
     if args.attach:
         return _attach(args)
+    if args.export is not None:
+        if not args.export.strip():
+            raise InputError("--export is empty: give the page's file name, e.g. view.html")
+        check_writable(args.export)  # before the scene is built
     src = open_source(args.source)
     scene = src.scene(extra_pairs=tuple(tuple(p) for p in args.pair or ()))
-    if args.export:
+    if args.export is not None:
         path = export_page(scene, args.export)
         print(f"meshemu: wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser, no server needed",
               file=sys.stderr)

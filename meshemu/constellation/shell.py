@@ -57,6 +57,13 @@ class Shell:
         if self.planes < 1 or self.sats_per_plane < 1:
             raise ValueError(f"shell {self.name!r} needs at least one plane and one satellite, "
                              f"got {self.planes} x {self.sats_per_plane}")
+        if not 0 <= self.phasing < self.planes:
+            # before: 1e30 was an OverflowError while linking the seam; -7 meant what 1 means
+            raise ValueError(f"shell {self.name!r}: phasing (Walker's F) must be a whole number within "
+                             f"[0, planes - 1] = [0, {self.planes - 1}], got {self.phasing:g}")
+        if not 0 < self.raan_spread_deg <= 360:
+            raise ValueError(f"shell {self.name!r}: raan_spread_deg must be within (0, 360] (360 for a Walker "
+                             f"delta, 180 for a star), got {self.raan_spread_deg:g}")
         if not 100 <= self.altitude_km <= 40_000:
             raise ValueError(f"shell {self.name!r}: altitude_km {self.altitude_km} is outside 100-40000 km")
         if not 0 <= self.inclination_deg <= 180:

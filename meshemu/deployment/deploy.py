@@ -60,7 +60,8 @@ class Deployment:
     schedule: FaultSchedule | None = None  # the faults, and what fired when
     recoveries: list = field(default_factory=list)  # the deployment's side of each recovery
     rank_history: list = field(default_factory=list)  # (clock_s, rank nodes) from each change on
-    shard_start_s: float = 0.0  # starting the shards' processes (what a replacement's start costs)
+    shard_start_s: float = 0.0  # starting the shards' processes, all at once
+    single_shard_start_s: float = 0.0  # one shard process started alone (what a replacement's start costs)
 
     def node(self, name) -> int:
         return self.series.short_index(name)
@@ -99,6 +100,7 @@ class Deployment:
                             "loss": self.run.shaping.loss},
                 "time_scale": self.run.time_scale, "clock": self.clock_origin, "player": self.player_summary(),
                 "routing": self.routes.summary(), "load": self.load_replies(), "shard_start_s": self.shard_start_s,
+                "single_shard_start_s": self.single_shard_start_s,
                 "recoveries": self.recoveries,
                 "rank_history": [{"clock_s": t, "rank_nodes": list(n)} for t, n in self.rank_history]}
 
@@ -152,12 +154,14 @@ def deploy(series, run: MeshRun, *, on_event=None, on_step=None, log=None) -> De
         pairs.append((gs, played.short_index(rank_nodes[0])))
     routes.watch([gs, *(played.short_index(n) for n in rank_nodes), *(v for p in pairs for v in p)])
     dep = Deployment(run, played, routes, rank_nodes, client, schedule=schedule)
+    if on_event is not None:  # who watches (a live view) learns where the ranks are before the mesh is up
+        on_event({"event": "placed", "rank_nodes": list(rank_nodes), "client": client})
     with emulation_of(played, run, routes, log) as emu, ShardProcesses() as procs, _Prober(pairs, dep) as prober:
         dep.backend = emu.backend
         dep.capabilities = emu.capabilities.as_dict() if emu.capabilities else None
         failover = Failover(dep, schedule, emu, procs, log)
         dep.addresses = failover.start_ranks()
-        dep.shard_start_s = failover.shard_start_s
+        dep.shard_start_s, dep.single_shard_start_s = failover.shard_start_s, failover.single_shard_start_s
         job = run.job.placed(dep.addresses, rank_nodes)
         player = Player(emu, time_scale=run.time_scale)
 
@@ -185,12 +189,16 @@ def deploy(series, run: MeshRun, *, on_event=None, on_step=None, log=None) -> De
                 if event["event"] == "loaded" and not player_thread.is_alive():
                     player_thread.start()
                 dep.events.append(event)
-                if event["event"] == "lost":
-                    client_proc.stdin.write(json.dumps(failover.answer(event)) + "\n")
-                    client_proc.stdin.flush()
                 if on_event is not None:
                     on_event(event)
+                if event["event"] == "lost":
+                    answer = failover.answer(event)
+                    client_proc.stdin.write(json.dumps(answer) + "\n")
+                    client_proc.stdin.flush()
+                    if on_event is not None:
+                        on_event({"event": "moved", "rank_nodes": answer["nodes"], "clock_s": time.monotonic()})
             client_proc.wait()
+            client_err = stderr_text(client_proc)  # before the processes' files close
         finally:
             # The player returns after the step in hand, even when it is running late and never sleeps;
             # the mesh must outlive it.
@@ -204,7 +212,7 @@ def deploy(series, run: MeshRun, *, on_event=None, on_step=None, log=None) -> De
     if errors:
         raise MeshemuError(errors[0])
     if client_proc.returncode != 0:
-        tail = stderr_text(client_proc).strip().splitlines()
+        tail = client_err.strip().splitlines()
         raise MeshemuError(f"the client at {client} exited with status {client_proc.returncode}"
                            + (f": {tail[-1]}" if tail else ""))
     return dep

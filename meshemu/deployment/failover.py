@@ -38,7 +38,8 @@ class Failover:
         self.actions: queue.Queue = queue.Queue()  # work for the main thread: ("restart", node)
         self.returned: dict[str, threading.Event] = {}
         self.decisions: list[dict] = []
-        self.shard_start_s = 0.0  # how long starting the first shards took (the prediction's "place")
+        self.shard_start_s = 0.0  # how long starting the first shards took
+        self.single_shard_start_s = 0.0  # one shard process started alone: what a replacement's start costs
 
     # -- shards ------------------------------------------------------------------------------------
     def start(self, nodes) -> list[str]:
@@ -57,7 +58,22 @@ class Failover:
 
     def start_ranks(self) -> list[str]:
         self.addresses = self.start(self.rank_nodes)
+        if self.run.faults and self.recovery.enabled:
+            self._calibrate()
         return self.addresses
+
+    def _calibrate(self) -> None:
+        """Time one shard process started alone (in the client's station, then stopped): the prediction of a
+        replacement's start, which the first shards, started together on shared cores, overstate."""
+        gs = self.emu.plan.node(self.dep.client_node)
+        first = len(self.procs.procs)
+        t0 = time.monotonic()
+        self.procs.start_shards([f"{self.emu.plan.addresses[gs]}:0"], nodes=["calibration"],
+                                prefixes=[self.emu.command_prefix(gs)], step_timeout_s=self.run.job.step_timeout_s)
+        self.single_shard_start_s = time.monotonic() - t0
+        for proc in self.procs.procs[first:]:
+            proc.terminate()
+            proc.wait()
 
     # -- the player's thread -----------------------------------------------------------------------
     def at_step(self, rec, clock_s: float) -> None:
@@ -159,7 +175,7 @@ class Failover:
         now_s = float(self.dep.series.times_s[self.emu.step] - self.dep.series.times_s[0])
         wait_s = max(0.0, back_at_s - now_s) / self.run.time_scale
         load = [r.get("load_s", 0.0) for r in self.dep.load_replies()] or [0.0]
-        return wait_s < self.shard_start_s + max(load)
+        return wait_s < (self.single_shard_start_s or self.shard_start_s) + max(load)
 
     def _spare(self, r: int) -> str | None:
         """A satellite for rank ``r``: up, holding no rank, nearest by routed path to the rank's neighbours.

@@ -121,6 +121,7 @@ class FaultSchedule:
         self.base, self.faults, self.acquisition_s = base, tuple(faults), acquisition_s
         self.t0 = float(base.times_s[0])
         self.rank_nodes = tuple(rank_nodes)
+        self.check(n_ranks=1 << 30)  # names and times; the layout's ranks are checked by whoever knows it
         self.series = replace(base, length_m=self._lengths())
         self.fired: dict[int, dict] = {}  # fault index -> {"step", "clock_s", "node"}
         self.ended: dict[int, dict] = {}
@@ -140,7 +141,7 @@ class FaultSchedule:
             if f.rank is not None and f.rank >= n_ranks:
                 raise InputError(f"{where}: the layout has ranks 0-{n_ranks - 1}")
             try:
-                self._outage(f, tuple(f"rank{k}" for k in range(n_ranks)), probe=True)
+                self._outage(f, (), probe=True)  # a rank fault's satellite is known once placed
             except InputError as err:
                 raise InputError(f"{where}: {err.detail if hasattr(err, 'detail') else err}") from None
 

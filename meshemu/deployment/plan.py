@@ -15,7 +15,7 @@ carries it out unchanged.
 >>> MeshRun(run.job, ground_station="Paris", shaper="delayline", shaping=ShapingConfig(loss=0.1))
 Traceback (most recent call last):
 ...
-meshemu.errors.InputError: the delayline backend does delay only: drop the loss and rate, or use netem (or auto)
+meshemu.errors.InputError: the delayline shaper does delay only: drop --rate-mbps/--loss (rate_mbps, loss) or use netem
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from meshemu.deployment.faults import Fault
 from meshemu.emulation.naming import DEFAULT_PREFIX
-from meshemu.emulation.shaping import ShapingConfig
+from meshemu.emulation.shaping import ShapingConfig, check_backend
 from meshemu.errors import InputError
 from meshemu.serving.job import ServingJob
 from meshemu.serving.placement import check_strategy
@@ -51,11 +51,9 @@ class MeshRun:
         check_strategy(self.placement)
         if self.shaper not in SHAPERS:
             raise InputError(f"unknown shaper {self.shaper!r}: use {', '.join(SHAPERS)}")
-        if self.shaper in ("delayline", "none") and (self.shaping.loss or self.shaping.rate_bps is not None):
-            raise InputError(f"the {self.shaper} backend does delay only: drop the loss and rate, "
-                             "or use netem (or auto)")
-        if not 0 < self.time_scale <= 1e6:
-            raise InputError(f"time scale must be greater than 0 and at most 1e6, got {self.time_scale}")
+        check_backend(self.shaper, self.shaping)
+        if not 1e-6 <= self.time_scale <= 1e6:
+            raise InputError(f"time scale must be within [1e-6, 1e6] (1 is real time), got {self.time_scale}")
         if not (0 <= self.acquisition_s < 1e6):
             raise InputError(f"links.acquisition_s must be 0 s or more, got {self.acquisition_s}")
         if self.start_step < 0:

@@ -70,13 +70,25 @@ class MeshPlan:
         return find_short(self.node_names, self.n_satellites, name)
 
 
+def check_prefix(prefix: str) -> str:
+    """InputError unless ``prefix`` can start every namespace name (and ``meshemu clean`` can find them).
+
+    >>> check_prefix("../x")
+    Traceback (most recent call last):
+    ...
+    meshemu.errors.InputError: namespace prefix '../x' must be 1-20 letters, digits, '-' or '_'
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,20}", prefix):
+        raise InputError(f"namespace prefix {prefix!r} must be 1-20 letters, digits, '-' or '_'")
+    return prefix
+
+
 def plan_mesh(full_names, n_satellites: int, links: np.ndarray, places: np.ndarray,
               prefix: str = DEFAULT_PREFIX) -> MeshPlan:
     """Short names, addresses and interface names for a mesh (see the module docstring)."""
     if len(links) > _MAX_LINKS:
         raise InputError(f"{len(links)} links exceed the {_MAX_LINKS} /31s of 172.16.0.0/12")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,20}", prefix):
-        raise InputError(f"namespace prefix {prefix!r} must be 1-20 letters, digits, '-' or '_'")
+    check_prefix(prefix)
     names = short_names(full_names, n_satellites, places)
     addresses = []
     for i in range(n_satellites):

@@ -26,16 +26,49 @@ import numpy as np
 
 from meshemu.emulation import netlink as nl
 from meshemu.emulation.delayline import DelayLine, install_rules
-from meshemu.errors import MeshemuError
+from meshemu.errors import InputError
 
 MTU_BYTES = 1500
 ASSUMED_RATE_BPS = 10e9  # sizes queues when no rate is given
+# netem counts a rate in whole bytes per second: below 1 kbit/s it rounds to a few bytes (0 means no limit at
+# all), and past 10 Tbit/s no host link comes near it.
+MIN_RATE_BPS, MAX_RATE_BPS = 1e3, 1e13
+DELAY_ONLY = ("delayline", "none")
 
 
 @dataclass(frozen=True)
 class ShapingConfig:
+    """Rate and loss of every link.
+
+    >>> ShapingConfig(rate_bps=1e-300)
+    Traceback (most recent call last):
+    ...
+    meshemu.errors.InputError: a link rate of 1e-300 bit/s is outside [1 kbit/s, 10 Tbit/s]
+    """
+
     rate_bps: float | None = None  # per link, each direction; None: as fast as the host goes
     loss: float = 0.0  # per link, probability (netem only)
+
+    def __post_init__(self):
+        if self.rate_bps is not None and not MIN_RATE_BPS <= self.rate_bps <= MAX_RATE_BPS:
+            raise InputError(f"a link rate of {self.rate_bps:g} bit/s is outside [1 kbit/s, 10 Tbit/s]")
+        if not 0 <= self.loss <= 1:
+            raise InputError(f"a link loss is a probability within [0, 1], got {self.loss}")
+
+    @property
+    def shapes(self) -> bool:
+        """Whether it asks for more than delay."""
+        return bool(self.loss) or self.rate_bps is not None
+
+
+def check_backend(backend: str, config: ShapingConfig) -> None:
+    """InputError when ``backend`` cannot give what ``config`` asks (rate and loss need netem).
+
+    Called before anything is built when the backend is named; ``auto`` is checked once it is resolved.
+    """
+    if backend in DELAY_ONLY and config.shapes:
+        raise InputError(f"the {backend} shaper does delay only: drop --rate-mbps/--loss (rate_mbps, loss) "
+                         "or use netem")
 
 
 def queue_limit_packets(delay_s: float, rate_bps: float | None) -> int:
@@ -89,8 +122,7 @@ class DelayLineShaper:
     name = "delayline"
 
     def __init__(self, mesh, config: ShapingConfig = ShapingConfig()):
-        if config.loss or config.rate_bps:
-            raise MeshemuError("the delayline shaper does delay only: drop --rate-mbps/--loss or use netem")
+        check_backend(self.name, config)
         self.mesh, self.config, self.line = mesh, config, None
 
     def describe(self) -> str:
@@ -132,6 +164,7 @@ class NoShaper:
     name = "none"
 
     def __init__(self, mesh, config: ShapingConfig = ShapingConfig()):
+        check_backend(self.name, config)  # before: a rate or loss was dropped without a word
         self.mesh = mesh
 
     def describe(self) -> str:

@@ -24,6 +24,7 @@ from meshemu.links.series import check_series_size
 from meshemu.model.partition import check_layout
 from meshemu.routing import ForwardingStates
 from meshemu.serving.compute import parse_compute
+from meshemu.serving.job import check_model_compute
 from meshemu.serving.placement import place
 from meshemu.serving.session import describe_model
 
@@ -84,6 +85,7 @@ def check_experiment(spec) -> CheckReport:
         source, config, tok = describe_model(None if spec.model.source == "default" else spec.model.source)
     with _at(spec, "model.compute"):
         parse_compute(spec.model.compute)
+        check_model_compute(source, spec.model.compute)  # a shape without weights needs a device model
     with _at(spec, "parallelism"):
         check_layout(config, p.tp, p.pp)
     with _at(spec, "placement"):

@@ -211,8 +211,12 @@ def _faults_section(result) -> list[str]:
         lines.append(f"| {r['request']} | {r['fault']} | {r['lost_nodes'] or '-'} -> {r['new_nodes']} | "
                      f"{r['decision']} | {parts} | {ms(r['recovery_s'])} ({ms(r['predicted_recovery_s'])}) | {err} |")
     same = [q for q in result.requests if q.get("faults")]
-    lines += ["", f"{sum(1 for q in same if q.get('recovered'))} of {len(same)} requests a fault struck recovered. "
-              "`faults.csv` lists what fired and when; `recoveries.csv` the parts.", "",
+    checked = [q for q in result.requests if "same_tokens_as_fault_free" in q]
+    proof = (f" Tokens identical to the whole model's, which no fault touched: "
+             f"{sum(q['same_tokens_as_fault_free'] for q in checked)} of {len(checked)} requests."
+             if checked else "")
+    lines += ["", f"{sum(1 for q in same if q.get('recovered'))} of {len(same)} requests a fault struck recovered."
+              + proof + " `faults.csv` lists what fired and when; `recoveries.csv` the parts.", "",
               "![tokens and faults](faults.png)", ""]
     return lines
 

@@ -14,6 +14,7 @@ per token, per route, measured beside predicted), ``summary.csv``, PNG plots and
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -25,7 +26,7 @@ import yaml
 from meshemu.deployment import deploy
 from meshemu.emulation.probe import error_summary, path_summary
 from meshemu.experiments.plan import build_series, plan_run, request_texts
-from meshemu.experiments.recovery import recovery_rows
+from meshemu.experiments.recovery import recovery_rows, reference_tokens
 from meshemu.experiments.report import write_report, write_sweep_report
 from meshemu.experiments.spec import ExperimentSpec, as_dict, expand, load_experiment
 from meshemu.serving.client import record_from_row
@@ -53,7 +54,8 @@ class ExperimentResult:
     faults: list = field(default_factory=list)  # faults.csv rows: what fired, where and when
 
 
-def run_experiment(spec: ExperimentSpec, folder: Path, log=None, *, on_step=None, on_event=None) -> ExperimentResult:
+def run_experiment(spec: ExperimentSpec, folder: Path, log=None, *, on_step=None, on_event=None,
+                   prefix: str | None = None) -> ExperimentResult:
     """Run one (already expanded) experiment and write its results folder (``on_step``, ``on_event``: see deploy)."""
     log = log or (lambda line: print(f"meshemu: {line}", file=sys.stderr))
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,8 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None, *, on_step=None
     source, config, tok = describe_model(None if spec.model.source == "default" else spec.model.source)
     device = parse_compute(spec.model.compute)
     run = plan_run(spec, source, config, tok)
+    if prefix:
+        run = dataclasses.replace(run, prefix=prefix)  # a run of its own beside others on this machine
     log(f"{spec.name}: {series.constellation}, {series.n_steps} steps of {spec.window.step_s:g} s, "
         f"{spec.parallelism.label}, placement {spec.placement}, client at {spec.ground_station}")
     t0 = time.monotonic()
@@ -71,6 +75,9 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None, *, on_step=None
     ctx = make_context(config, device, tp=p.tp, pp=p.pp, allreduce=p.allreduce, rank_nodes=dep.rank_nodes,
                        client_node=dep.client_node, where=dep)
     texts = request_texts(spec)
+    # a run with faults proves its answers: greedy tokens beside the whole model's, which no fault touched
+    reference = (reference_tokens(source, run.job.requests) if run.faults and spec.model.compute == "real"
+                 else None)
     request_rows, token_rows, recoveries = [], [], []
     for event in sorted((e for e in dep.events if e["event"] == "request"), key=lambda e: e["request"]):
         rec = record_from_row(event["record"])
@@ -80,6 +87,8 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None, *, on_step=None
                    error=event.get("error", row.get("error", "")))
         mine = recovery_rows(dep, rec, ctx, row)
         hit = {r["fault"] for r in mine} | _faults_during(dep, rec)
+        if reference is not None:
+            row["same_tokens_as_fault_free"] = rec.token_ids == reference[i]
         row.update(faults=sorted(hit), recovered=bool(mine) and not row["error"],
                    recovery_s=[r["recovery_s"] for r in mine], predicted_recovery_s=[r["predicted_recovery_s"] for r in mine])
         recoveries += mine
@@ -198,14 +207,16 @@ def _csv(path, rows, columns=None) -> None:
         w.writerows(rows)
 
 
-def run_file(path, out: Path | None = None, log=None, *, on_step=None, on_event=None) -> list[ExperimentResult]:
+def run_file(path, out: Path | None = None, log=None, *, on_step=None, on_event=None,
+             prefix: str | None = None) -> list[ExperimentResult]:
     """``meshemu run``: every value of a sweep in its own folder, and a comparison across them."""
     spec = load_experiment(path)
     out = Path(out) if out else Path("results") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     specs = expand(spec)
     if len(specs) == 1:
-        return [run_experiment(specs[0], out, log, on_step=on_step, on_event=on_event)]
-    results = [run_experiment(s, out / s.name, log, on_step=on_step, on_event=on_event) for s in specs]
+        return [run_experiment(specs[0], out, log, on_step=on_step, on_event=on_event, prefix=prefix)]
+    results = [run_experiment(s, out / s.name, log, on_step=on_step, on_event=on_event, prefix=prefix)
+               for s in specs]
     _csv(out / "summary.csv", [r.summary for r in results], SUMMARY_COLUMNS)
     (out / "config.yaml").write_text(yaml.safe_dump(as_dict(spec), sort_keys=False))
     write_sweep_report(spec, results, out)

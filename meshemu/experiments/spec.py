@@ -25,6 +25,14 @@ from meshemu.serving.placement import check_strategy
 MAX_REQUESTS = 10_000
 # Requests in flight: the client runs each in a thread of its own.
 MAX_CONCURRENCY = 1024
+# A pause past a week between batches is a typo (and past ~292 years it overflows the clock).
+MAX_GAP_S = 7 * 86400.0
+# Request i samples with seed + i, which travels as 64 bits.
+MAX_SEED = (1 << 63) - MAX_REQUESTS
+# netem's rate is whole bytes per second: under 1 kbit/s it rounds to nothing (no limit at all).
+MIN_RATE_MBPS, MAX_RATE_MBPS = 1e-3, 1e7
+# Fields a sweep cannot vary: the experiment's identity and where it was read from.
+_NOT_SWEPT = ("sweep", "name", "source")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,9 @@ class Shaping:
     def __post_init__(self):
         if self.rate_mbps is not None and not self.rate_mbps > 0:
             raise ValueError(f"shaping.rate_mbps must be greater than 0 Mbit/s, got {self.rate_mbps}")
+        if self.rate_mbps is not None and not MIN_RATE_MBPS <= self.rate_mbps <= MAX_RATE_MBPS:
+            raise ValueError(f"shaping.rate_mbps {self.rate_mbps:g} is outside [{MIN_RATE_MBPS:g}, "
+                             f"{MAX_RATE_MBPS:g}] Mbit/s (1 kbit/s to 10 Tbit/s)")
         if not 0 <= self.loss <= 1:
             raise ValueError(f"shaping.loss is a probability within [0, 1], got {self.loss}")
 
@@ -56,6 +67,12 @@ class Shaping:
 class Model:
     source: str = "default"  # 'default' (SmolLM2-135M), a .gguf file, an HF directory, or a preset name
     compute: str = "real"  # 'real' numpy, or a device model such as 'h100'
+
+    def __post_init__(self):
+        if not self.source.strip():
+            # before: '' was read as the current folder, and the error blamed 'config.json'
+            raise ValueError("model.source is empty: give default, a .gguf file, a Hugging Face folder, "
+                             "tiny:ARCH:SEED or preset:NAME")
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,8 @@ class Workload:
                              f"got {self.concurrency:,}")
         if not self.gap_s >= 0:
             raise ValueError(f"workload.gap_s must be 0 s or more, got {self.gap_s}")
+        if self.gap_s > MAX_GAP_S:
+            raise ValueError(f"workload.gap_s must be at most {MAX_GAP_S:,.0f} s (a week), got {self.gap_s:g} s")
 
 
 @dataclass(frozen=True)
@@ -137,11 +156,15 @@ class ExperimentSpec:
 
     def __post_init__(self):
         check_name(self.name, "name")
-        if not 0 < self.time_scale <= 1e6:
-            raise ValueError(f"time_scale must be greater than 0 (1 is real time) and at most 1e6, "
-                             f"got {self.time_scale}")
+        if not 1e-6 <= self.time_scale <= 1e6:
+            # before: 1e-300 passed, a constellation that never moves and a run that never ends
+            raise ValueError(f"time_scale must be greater than 0 (1 is real time), within [1e-6, 1e6], "
+                             f"got {self.time_scale:g}")
         if self.seed < 0:
             raise ValueError(f"seed must be 0 or more, got {self.seed}")
+        if self.seed > MAX_SEED:
+            raise ValueError(f"seed must be at most 2^63 - {MAX_REQUESTS:,} (request i samples with seed + i), "
+                             f"got {self.seed:g}")
         if not self.ground_station:
             raise ValueError("ground_station is empty: name the city where the client sits")
         try:
@@ -173,7 +196,7 @@ def load_experiment(path) -> ExperimentSpec:
 def _check_field(spec, dotted: str, path) -> None:
     obj = spec
     for part in dotted.split("."):
-        if not is_dataclass(obj) or part not in {f.name for f in fields(obj)} or part in ("sweep", "name"):
+        if not is_dataclass(obj) or part not in {f.name for f in fields(obj)} or part in _NOT_SWEPT:
             raise InputError(f"cannot sweep {dotted!r}: no such field", file=path, field="sweep.field")
         obj = getattr(obj, part)
 
@@ -190,15 +213,21 @@ def expand(spec: ExperimentSpec) -> list[ExperimentSpec]:
     """One spec per sweep value (the spec itself when there is no sweep), each named after its value."""
     if spec.sweep is None:
         return [spec]
-    out = []
+    out, named = [], {}
     for i, value in enumerate(spec.sweep.values):
         try:
             one = set_field(replace(spec, sweep=None), spec.sweep.field, value)
-            out.append(replace(one, name=f"{spec.name}-{_label(spec.sweep.field, value)}", source=spec.source))
+            one = replace(one, name=f"{spec.name}-{_label(spec.sweep.field, value)}", source=spec.source)
         except (InputError, ValueError, TypeError) as err:
             why = getattr(err, "detail", str(err))
             raise InputError(f"{value!r} cannot be {spec.sweep.field}: {why}", file=spec.source or None,
                              field=f"sweep.values[{i}]") from None
+        if named.setdefault(one.name, i) != i:
+            # before: both ran, into one results folder named after the value
+            raise InputError(f"{value!r} gives the run name {one.name!r} that sweep.values[{named[one.name]}] "
+                             "gives too: each value must make its own run", file=spec.source or None,
+                             field=f"sweep.values[{i}]")
+        out.append(one)
     return out
 
 

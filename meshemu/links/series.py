@@ -21,6 +21,7 @@ from one step to the next, :meth:`LinkSeries.snapshot` one instant as a graph.
 from __future__ import annotations
 
 import difflib
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -160,16 +161,58 @@ class LinkSeries:
 
     @classmethod
     def load(cls, path) -> "LinkSeries":
+        """A series :meth:`save` wrote; anything else (a foreign or damaged ``.npz``) is one InputError."""
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if int(z["format_version"]) != _FORMAT_VERSION:
-                    raise InputError(f"link series format {int(z['format_version'])} is not {_FORMAT_VERSION}: "
+            z = np.load(path, allow_pickle=False)
+            if not hasattr(z, "zip"):
+                raise ValueError("a single array (.npy), not an .npz archive")
+            with z:
+                unpacked = sum(i.file_size for i in z.zip.infolist())
+                problem = memory_problem(unpacked, "the link series unpacked", "is it the right file?")
+                if problem:
+                    raise InputError(problem, file=path)
+                version = z["format_version"]
+                if version.shape != () or int(version) != _FORMAT_VERSION:
+                    raise InputError(f"link series format {version.tolist()} is not {_FORMAT_VERSION}: "
                                      "recompute it with 'meshemu topology'", file=path)
-                return cls(str(z["constellation"]), str(z["epoch_utc"]), z["times_s"],
-                           tuple(str(n) for n in z["node_names"]), int(z["n_satellites"]), z["links"],
-                           z["length_m"], z["positions_m"], bool(z["ut1_equals_utc"]), z["satellite_places"])
-        except (OSError, KeyError, ValueError) as err:
-            raise InputError(f"not a meshemu link series ({err})", file=path) from None
+                series = cls(str(z["constellation"]), str(z["epoch_utc"]), z["times_s"],
+                             tuple(str(n) for n in z["node_names"]), int(z["n_satellites"]), z["links"],
+                             z["length_m"], z["positions_m"], bool(z["ut1_equals_utc"]), z["satellite_places"])
+        except InputError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as err:
+            why = str(err)
+            if "pickled" in why:
+                why = "it holds Python objects, which meshemu never loads"
+            raise InputError(f"not a meshemu link series ({why})", file=path) from None
+        problem = series.shape_problem()
+        if problem:
+            # before: a foreign series was drawn (times of another length, no nodes), or failed later in
+            # scipy or the view with an IndexError
+            raise InputError(f"not a meshemu link series: {problem}", file=path)
+        return series
+
+    def shape_problem(self) -> str:
+        """What is inconsistent in the arrays ('' when nothing): shapes, ids, times and lengths."""
+        t, n, links = self.times_s, self.n_nodes, self.links
+        if t.ndim != 1 or len(t) == 0 or not np.isfinite(t).all() or (np.diff(t) <= 0).any():
+            return "times_s must be a non-empty, finite, increasing list of seconds"
+        if n == 0 or not 0 <= self.n_satellites <= n:
+            return f"{self.n_satellites} satellites among {n} nodes"
+        if links.ndim != 2 or links.shape[1:] != (2,) or links.dtype.kind not in "iu":
+            return f"links must be (L, 2) node ids, got shape {links.shape} of {links.dtype}"
+        if len(links) and not ((links[:, 0] >= 0) & (links[:, 0] < links[:, 1]) & (links[:, 1] < n)).all():
+            return f"a link names a node outside 0..{n - 1} (or is not ordered a < b)"
+        if self.length_m.shape != (len(t), len(links)):
+            return f"length_m is {self.length_m.shape}, expected (steps, links) = {(len(t), len(links))}"
+        if (self.length_m[~np.isnan(self.length_m)] < 0).any() or np.isinf(self.length_m).any():
+            return "length_m must be metres >= 0, or NaN while a link is down"
+        if self.positions_m.shape != (len(t), n, 3) or not np.isfinite(self.positions_m).all():
+            return f"positions_m is {self.positions_m.shape}, expected finite (steps, nodes, 3) = {(len(t), n, 3)}"
+        places = self.satellite_places
+        if places is not None and (places.shape != (self.n_satellites, 3) or places.dtype.kind not in "iu"):
+            return f"satellite_places is {places.shape}, expected (satellites, 3) = {(self.n_satellites, 3)}"
+        return ""
 
 
 def find_node(node_names, name, where: str = "") -> int:

@@ -85,7 +85,9 @@ def _open(path: Path):
     import gguf  # imported here: only needed when a GGUF file is read
 
     if not path.is_file():
-        raise InputError("no such file", file=path)
+        # /dev/zero or a pipe would be read for ever; /dev/null is there, just not a file
+        raise InputError("no such file" if not path.exists() else
+                         "is not a regular file (a device, pipe or socket): give a .gguf file", file=path)
     try:
         return gguf.GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, OSError) as err:

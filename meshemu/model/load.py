@@ -77,6 +77,10 @@ def load_model(path=None) -> LoadedModel:
     cache = ""
     if path.is_dir():
         weights, tokenizer = load_hf(path)
+    elif path.exists() and not path.is_file():
+        # before: /dev/zero or a pipe was hashed for the weight cache for ever
+        raise InputError("is not a regular file (a device, pipe or socket): give a .gguf file or a "
+                         "Hugging Face checkpoint folder", file=path)
     elif path.exists() or path.suffix == ".gguf":
         weights, tokenizer, cache = load_gguf_cached(path)
     else:

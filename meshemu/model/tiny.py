@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from meshemu.errors import InputError
 from meshemu.model.config import ModelConfig
 from meshemu.model.gguf import PERMUTED_QK, gguf_name, permute_qk
 from meshemu.model.tokenizer import TOKEN_CONTROL, TOKEN_NORMAL, TextTokenizer, _pre_tokenizer
@@ -51,6 +52,9 @@ def tiny_config(arch: str = "llama", **changes) -> ModelConfig:
     >>> tiny_config("qwen3").head_dim * tiny_config("qwen3").n_heads   # explicit head_dim != hidden
     192
     """
+    if arch not in ("llama", "qwen3"):
+        # before: any other name made a llama and called it one
+        raise InputError(f"unknown tiny-model architecture {arch!r}: use llama or qwen3")
     if arch == "qwen3":
         base = ModelConfig(arch="qwen3", vocab_size=TINY_VOCAB, hidden_size=64, n_layers=3,
                            n_heads=6, n_kv_heads=2, head_dim=32, ffn_size=128, rope_theta=1e6,
@@ -61,7 +65,16 @@ def tiny_config(arch: str = "llama", **changes) -> ModelConfig:
                            n_heads=6, n_kv_heads=2, head_dim=16, ffn_size=160, rope_theta=1e4,
                            rms_eps=1e-5, tie_embeddings=False, qk_norm=False, max_context=64,
                            bos_token_id=1, eos_token_ids=(2,), name="tiny-llama")
-    return dataclasses.replace(base, **changes)
+    config = dataclasses.replace(base, **changes)
+    # a prompt without a tokenizer is its bytes as ids 3..vocab_size-1 (0-2 are pad, bos and eos)
+    if config.vocab_size < 4:
+        raise InputError(f"a tiny model needs vocab_size 4 or more (ids 0-2 are special), got {config.vocab_size}",
+                         field="vocab_size")
+    for what, ids in (("bos_token_id", () if config.bos_token_id is None else (config.bos_token_id,)),
+                      ("eos_token_ids", config.eos_token_ids)):
+        if any(not 0 <= i < config.vocab_size for i in ids):
+            raise InputError(f"{what} {ids} is outside the vocabulary of {config.vocab_size}", field=what)
+    return config
 
 
 def random_weights(config: ModelConfig, seed: int = 0) -> ModelWeights:

@@ -146,8 +146,10 @@ def _replace_with(target: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o644)  # not mkstemp's 0600: a shard run as another user reads the entry too
         write(tmp)
+        # after writing: not mkstemp's 0600 (nor that of a writer that makes the file anew, as safetensors
+        # does), since a shard run as another user reads the entry too
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)  # atomic: readers see the old entry or the whole new one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from dataclasses import asdict
 
 import grpc
 
+from meshemu.config import read_text
 from meshemu.errors import InputError, MeshemuError
 from meshemu.serving.job import Request, ServingJob, ServingPlan
 from meshemu.serving.metrics import RequestRecord
@@ -39,12 +40,19 @@ def _rpc_error(err: grpc.RpcError, what: str) -> ServingError:
 class ServingClient:
     """Talks to every shard of a :class:`ServingPlan` (use as a context manager)."""
 
-    def __init__(self, plan: ServingPlan, *, step_timeout_s: float = 10.0):
+    def __init__(self, plan: ServingPlan, *, step_timeout_s: float = 10.0, reuse=None):
         if not plan.ranks:
             raise InputError(f"no shard addresses for tp {plan.tp} x pp {plan.pp}: start the shards first")
         self.plan = plan
         self.step_timeout_s = step_timeout_s
-        self._stubs = [stub(a) for a in plan.ranks]
+        # channels already connected to a shard that stays (a recovery replaced another) are kept: a new
+        # connection across the mesh costs round trips, and more after a loss
+        kept = {} if reuse is None else {a: s for a, s in zip(reuse.plan.ranks, reuse._stubs)}
+        self._stubs = [kept.pop(a) if a in kept else stub(a) for a in plan.ranks]
+        for ch, _ in kept.values():
+            ch.close()
+        if reuse is not None:
+            reuse._stubs = []  # now this client's
         self.load_replies: list = []
 
     def __enter__(self):
@@ -261,12 +269,6 @@ def main(argv=None) -> int:
     from meshemu.serving.shard import die_with_parent  # here: the shard's module pulls in the model
 
     die_with_parent()
-    if args.job == "-":
-        text = sys.stdin.readline()
-    else:
-        with open(args.job) as f:
-            text = f.read()
-
     lock = threading.Lock()  # request threads and a recovery write events at once: whole lines only
 
     def emit(event):
@@ -275,6 +277,7 @@ def main(argv=None) -> int:
             sys.stdout.flush()
 
     try:
+        text = sys.stdin.readline() if args.job == "-" else read_text(args.job)
         run_job(ServingJob.from_json(text), emit, controller=PipeController(emit, sys.stdin))
     except MeshemuError as err:
         emit({"event": "error", "message": str(err)})

@@ -59,6 +59,13 @@ class Device:
     peak_bandwidth_Bps: float
     weight_bytes: int = 2  # bf16 weights and KV cache
 
+    def __post_init__(self):
+        # before: a NaN peak made every wait NaN, and DeviceClock.settle spun on it for ever
+        for name in ("peak_flops", "peak_bandwidth_Bps"):
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):
+                raise InputError(f"device {self.name}: {name} must be a finite number greater than 0, got {value}")
+
     def seconds(self, flops: float, nbytes: float) -> float:
         return max(flops / self.peak_flops, nbytes / self.peak_bandwidth_Bps)
 
@@ -128,6 +135,11 @@ def checkpoint_elements(path) -> int | None:
     return None  # load_model says what is missing
 
 
+#: The integer fields of :class:`ModelConfig` that ``tiny:ARCH:SEED:FIELD=N`` may change.
+TINY_SETTINGS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_size",
+                 "max_context", "bos_token_id")
+
+
 def load_source(model: str):
     """``(config, whole-model weights or None)`` for a model source string.
 
@@ -147,6 +159,11 @@ def load_source(model: str):
             key, _, value = item.partition("=")
             if not value.lstrip("-").isdigit():
                 raise InputError(f"bad tiny-model setting {item!r}: expected NAME=INTEGER")
+            if key not in TINY_SETTINGS:
+                # before: Python's own words ('__init__() got an unexpected keyword argument'), or, for a
+                # text field such as name=1, a TypeError deep in the shard
+                raise InputError(f"unknown tiny-model setting {key!r} in {model!r} (settable: "
+                                 f"{', '.join(TINY_SETTINGS)})")
             changes[key] = int(value)
         try:
             config = tiny_config(arch, **changes)
@@ -184,7 +201,7 @@ class DeviceClock:
     def settle(self) -> None:
         while True:
             left = self._due - time.perf_counter()
-            if left <= 0:
+            if not left > 0:  # NaN too: a wait that cannot be told is no wait
                 return
             if left > self.SPIN_S:
                 time.sleep(left - self.SPIN_S)

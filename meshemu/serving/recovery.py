@@ -165,12 +165,21 @@ class RecoveringClient:
                 raise ServingError(f"lost {self._names(lost)} and no recovery: {error}")
             placed = time.monotonic()
             plan = replace(self.plan, ranks=tuple(instruction.ranks), nodes=tuple(instruction.nodes))
-            self.client.close()
-            self.plan, self.client = plan, ServingClient(plan, step_timeout_s=self.recovery.detect_timeout_s)
-            self.client.wait_ready(self.load_timeout_s)
+            old = self.client
+            self.plan, self.client = plan, ServingClient(plan, step_timeout_s=self.recovery.detect_timeout_s,
+                                                         reuse=old)
+            old.close()
+            closed = time.monotonic()
+            ready = []
+            for r, (_, stub) in enumerate(self.client._stubs):
+                t = time.monotonic()
+                stub.Health(pb.HealthRequest(), timeout=self.load_timeout_s, wait_for_ready=True)
+                ready.append(round(time.monotonic() - t, 3))
+            connected = time.monotonic()
             self.client.load(self.load_timeout_s)
             loaded = time.monotonic()
             info.update(place_s=placed - probed, waited_s=instruction.waited_s, load_s=loaded - placed,
+                        connect_s=connected - placed, close_s=closed - placed, ready_s=ready,
                         new_nodes=list(plan.nodes), note=instruction.note)
             self._generation += 1
             self._last = info

@@ -10,6 +10,7 @@ every step the request saw.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,7 +95,9 @@ def analyse(record, ctx: RunContext) -> tuple[dict, list, list, Prediction | Non
         first_of.setdefault(k, preds[(k, nodes)])
         pred = preds[(k, nodes)]
         predicted_cycle = pred.ttft_s if t["index"] == 0 else pred.tpot_s
-        if t["index"] > 0:
+        if not math.isfinite(predicted_cycle):
+            predicted_cycle = None  # a token in flight when a satellite on its path went dark: no path to predict
+        elif t["index"] > 0:
             cycles.append(pred.tpot_s)
         token_rows.append({"kind": "token", "request_id": record.request_id, **t, "step": k,
                            "predicted_cycle_s": predicted_cycle})

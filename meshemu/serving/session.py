@@ -24,6 +24,10 @@ def describe_model(model):
     from pathlib import Path
 
 
+    if model is not None and not model.strip():
+        # before: '' was read as the current folder, and the error blamed 'config.json'
+        raise InputError("the model is empty: give a .gguf file, a Hugging Face folder, tiny:ARCH:SEED or "
+                         "preset:NAME (or leave it out for the default)")
     if model and model.startswith("preset:"):
         config, _ = load_source(model)
         return model, config, None

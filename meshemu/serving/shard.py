@@ -34,6 +34,7 @@ import grpc
 from meshemu.errors import InputError, MeshemuError
 from meshemu.serving.collectives import ALGORITHMS
 from meshemu.serving.compute import make_compute
+from meshemu.serving.job import MAX_REQUEST_ID_CHARS, MAX_STEP_TIMEOUT_S
 from meshemu.serving.pipeline import Kind, Layout, Session
 from meshemu.serving.rpc import shard_pb2 as pb
 from meshemu.serving.rpc import shard_pb2_grpc as pb_grpc
@@ -196,6 +197,7 @@ class Shard(pb_grpc.ShardServicer):
                         continue
                     skipping = ""
                     if head is None:
+                        _check_frame(frame)
                         self._refuse_if_unloaded(frame)
                         head = pb.Frame()
                         head.CopyFrom(frame)
@@ -206,12 +208,13 @@ class Shard(pb_grpc.ShardServicer):
                     meta, head = head, None
                 else:
                     skipping = ""
+                    _check_frame(frame)
                     self._refuse_if_unloaded(frame)
                     meta, array = frame, None
                 self.deliver(meta, array)
             except TensorError as err:
                 self.counters["rejected_tensors"] += 1
-                rid, src = first.request_id, first.src_rank
+                rid, src = first.request_id[:MAX_REQUEST_ID_CHARS], first.src_rank
                 head = None
                 asm.reset()
                 if frame.HasField("tensor") and frame.tensor.n_chunks > 1:
@@ -253,8 +256,13 @@ class Shard(pb_grpc.ShardServicer):
             problem = f"the prompt is {len(prompt)} tokens; the model's context is {cfg.max_context}"
         elif request.max_new_tokens < 1:
             problem = f"max_new_tokens must be >= 1, got {request.max_new_tokens}"
-        elif request.sampling.temperature < 0 or not 0 <= request.sampling.top_p <= 1:
-            problem = "temperature must be >= 0 and top_p in (0, 1]"
+        elif not 0 <= request.sampling.temperature < math.inf or not 0 <= request.sampling.top_p <= 1:
+            # NaN too: it passed 'temperature < 0' and failed in the sampler, after the request had started
+            problem = "temperature must be a finite number >= 0 and top_p in (0, 1]"
+        elif _step_timeout_problem(request.step_timeout_s):
+            problem = _step_timeout_problem(request.step_timeout_s)
+        elif len(request.request_id) > MAX_REQUEST_ID_CHARS:
+            problem = f"request_id is {len(request.request_id):,} characters: at most {MAX_REQUEST_ID_CHARS}"
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         rid = request.request_id or uuid.uuid4().hex
@@ -422,6 +430,29 @@ class Shard(pb_grpc.ShardServicer):
         self.links.close()
 
 
+def _step_timeout_problem(step_timeout_s: float) -> str:
+    """Why a request's step timeout cannot be used ('' when it can; 0 means the shard's own).
+
+    NaN never times out (a hang when a peer dies) and past ~292 years a wait overflows the clock's C type.
+
+    >>> _step_timeout_problem(0.0), _step_timeout_problem(float("nan"))
+    ('', "step_timeout_s must be 0 (the shard's default) or within (0, 86400] s, got nan")
+    """
+    if step_timeout_s == 0 or 0 < step_timeout_s <= MAX_STEP_TIMEOUT_S:
+        return ""
+    return (f"step_timeout_s must be 0 (the shard's default) or within (0, {MAX_STEP_TIMEOUT_S:g}] s, "
+            f"got {step_timeout_s:g}")
+
+
+def _check_frame(frame) -> None:
+    """Refuse the start of a peer's message whose fields no shard could have sent."""
+    if len(frame.request_id) > MAX_REQUEST_ID_CHARS:
+        # request ids key the session table and the 4,096 ended requests kept: 4 MB ids would fill memory
+        raise TensorError(f"request id of {len(frame.request_id):,} characters (at most {MAX_REQUEST_ID_CHARS})")
+    if frame.kind == Kind.START and (problem := _step_timeout_problem(frame.step_timeout_s)):
+        raise TensorError(problem)
+
+
 def _kind_name(kind: int) -> str:
     return Kind.Name(kind) if kind in Kind.values() else f"kind {kind}"  # proto3 enums let any number in
 
@@ -525,10 +556,11 @@ def check_bindable(host: str, port: int) -> None:
 def serve(bind: str, node: str = "", *, step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
           max_tensor_bytes: int = MAX_TENSOR_BYTES, workers: int = 64):
     """Start a shard server on ``bind``; return ``(server, shard, address)``."""
-    if not 0 < step_timeout_s < math.inf:
-        raise InputError(f"--step-timeout must be a positive number of seconds, got {step_timeout_s}")
+    if not 0 < step_timeout_s <= MAX_STEP_TIMEOUT_S:
+        raise InputError(f"--step-timeout must be a positive number of seconds, at most {MAX_STEP_TIMEOUT_S:g}, "
+                         f"got {step_timeout_s}")
     if not 1 <= max_tensor_bytes < 2**62:
-        raise InputError(f"--max-tensor-mb must be positive, got {max_tensor_bytes / 2**20:g} MiB")
+        raise InputError(f"--max-tensor-mb must be positive and below 2^42 MiB, got {max_tensor_bytes / 2**20:g} MiB")
     host, port = parse_address(bind)
     check_bindable(host, port)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)

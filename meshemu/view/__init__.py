@@ -3,7 +3,9 @@
 - :func:`build_scene` (``scene.py``): what to draw, worked out from a link series;
 - :func:`render_page` / :func:`export_page` (``page.py``): one self-contained HTML file;
 - :class:`ViewServer`, :class:`LiveFeed` (``server.py``): replay and live serving on 127.0.0.1;
-- :func:`open_source` (``sources.py``): a results folder or a ``.npz`` series, read for viewing.
+- :func:`open_source` (``sources.py``): a results folder or a ``.npz`` series, read for viewing;
+- ``live.py`` (``meshemu emulate --view``, ``--out`` for ``view --attach``) and ``live_run.py``
+  (:class:`~meshemu.view.live_run.RunView`, ``meshemu run --view``): the live page's feeds.
 """
 
 from meshemu.view.page import export_page, render_page

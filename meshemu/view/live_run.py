@@ -9,15 +9,16 @@ one worker thread builds each experiment's scene and publishes to the page.
 - The scene is built from the emulation's own series (``emulation.series``)
   when the experiment's first step is applied; until then the page says what
   it waits for, and reloads when the mesh's page is up. A sweep's next
-  experiment replaces the page the same way (the label says which one it is).
+  experiment replaces the page the same way once its own mesh is up (the
+  label says which experiment the page shows).
 - A token counts in the step in force when it reached the client: the last
   step whose applying began at or before the token's ``clock_s`` (both
   ``time.monotonic()``), as the runner's ``Deployment.step_at`` does. A token
   that arrives while a step is being applied may count in the step before.
-- The deployment decides rank -> satellite and says so only when it returns,
-  so the page's placement is :func:`meshemu.serving.placement.place` (the
-  function the deployment calls) on the experiment's plan and the same series
-  at its first step; the shards' own report (``shards``: node per rank) checks it.
+- The deployment says where it placed the ranks (``placed``, before the mesh
+  is up) and where a recovery moved them (``moved``); the shards' own report
+  (``shards``: node per rank) checks it at the end. A failover (the client's
+  ``lost``) is shown at once; the counts keep following the first placement.
 """
 
 from __future__ import annotations
@@ -28,19 +29,15 @@ import time
 from dataclasses import dataclass, field
 
 from meshemu.errors import MeshemuError
-from meshemu.routing import ForwardingStates
-from meshemu.serving.placement import place
 from meshemu.view.page import render_page, render_waiting
 from meshemu.view.scene import Placement, build_scene
 from meshemu.view.server import _POLL_S, DEFAULT_PORT, LiveFeed, ViewServer
 
 
-def planned_placement(spec, series) -> Placement:
-    """Where the deployment places ``spec``'s ranks on ``series``: ``place`` on the plan, at the first step."""
+def placement_of(spec, event: dict) -> Placement:
+    """The deployment's ``placed`` event as the page's placement of ``spec``'s layout."""
     p = spec.parallelism
-    nodes = place(spec.placement, p.tp * p.pp, series, ForwardingStates(series), spec.ground_station, step=0)
-    client = series.short_names[series.short_index(spec.ground_station)]
-    return Placement(tuple(nodes), p.tp, p.pp, client, p.allreduce)
+    return Placement(tuple(event["rank_nodes"]), p.tp, p.pp, event["client"], p.allreduce)
 
 
 @dataclass
@@ -52,13 +49,15 @@ class _Shown:
     feed: LiveFeed
     emulation: object = None
     placement: Placement | None = None
-    step_starts: list = field(default_factory=list)  # (step, time.monotonic() when applying it began)
+    step_starts: list = field(default_factory=list)  # (step, applied_s: when applying began, after the player's start)
+    player_start_s: float = float("inf")  # time.monotonic() when the player started (an upper bound, see _step)
     tokens: int = 0
+    lost: int = 0  # the client's "lost" events (a failover may move ranks)
 
     def step_at(self, clock_s: float) -> int:
         step = self.step_starts[0][0] if self.step_starts else 0
-        for k, t in self.step_starts:
-            if t > clock_s:
+        for k, applied_s in self.step_starts:
+            if self.player_start_s + applied_s > clock_s:
                 break
             step = k
         return step
@@ -98,8 +97,7 @@ class RunView:
 
     # -- the runner's hooks (any thread; never block) -----------------------------------------------
     def on_step(self, emulation, record) -> None:
-        # applying began apply_s before now: the same instant the deployment's step clock keeps
-        self._queue.put(("step", time.monotonic() - record.apply_s, emulation, record))
+        self._queue.put(("step", time.monotonic(), emulation, record))
 
     def on_event(self, event: dict) -> None:
         self._queue.put(("event", event))
@@ -147,24 +145,35 @@ class RunView:
     def _finish(self) -> None:
         self.tokens.append(self._shown.tokens)
 
-    def _step(self, began_s: float, emulation, record) -> None:
+    def _step(self, now_s: float, emulation, record) -> None:
         shown = self._shown or self._begin()
         if shown.emulation is not None and emulation is not shown.emulation:
             shown = self._begin()  # another experiment's mesh, without a "loaded" before it
         if shown.emulation is None:
             shown.emulation = emulation
             series = emulation.series
-            shown.placement = planned_placement(shown.spec, series)
-            self.placements.append(shown.placement.rank_nodes)
-            pairs = [(shown.placement.client, shown.placement.rank_nodes[0])] + [tuple(p) for p in shown.spec.probes]
+            pairs = [tuple(p) for p in shown.spec.probes]
+            if shown.placement is not None:
+                self.placements.append(shown.placement.rank_nodes)
+                pairs.insert(0, (shown.placement.client, shown.placement.rank_nodes[0]))
             scene = build_scene(series, pairs=pairs, placement=shown.placement, title=f"{shown.spec.name} (live)")
             scene["run"] = {"label": shown.feed.label, "index": shown.index, "count": len(self.specs)}
             self._swap(render_page(scene, "live", events_url="events"), shown.feed)
-        shown.step_starts.append((record.step, began_s))
+        # The player started at most this long before now (the hook runs after the step is applied, and after
+        # whatever the deployment does first); the earliest bound over all steps is the deployment's own clock.
+        shown.player_start_s = min(shown.player_start_s, now_s - record.applied_s - record.apply_s)
+        shown.step_starts.append((record.step, record.applied_s))
         shown.feed.publish_record(record)
 
     def _event(self, event: dict) -> None:
         kind = event.get("event")
+        if kind == "placed":  # the deployment's first word about an experiment: before its mesh is up
+            shown = self._begin() if self._shown is None or self._shown.emulation is not None else self._shown
+            shown.placement = placement_of(shown.spec, event)
+            return
+        if kind == "moved" and self._shown is not None:
+            self._shown.feed.publish_event("moved", {"rank_nodes": list(event["rank_nodes"])})
+            return
         if kind == "loaded":
             shown = self._begin() if self._shown is None or self._shown.emulation is not None else self._shown
             shown.feed.publish_event("loaded", {"replies": [{"rank": r.get("rank"), "stage": r.get("stage"),
@@ -178,10 +187,17 @@ class RunView:
                                                "step": shown.step_at(float(event.get("clock_s", 0.0)))})
         elif kind == "request":
             shown.feed.publish_event("request", {"request": event.get("request"), "error": event.get("error", "")})
+        elif kind == "lost":  # a failover follows: the deployment replaces the ranks (or waits for them)
+            shown.lost += 1
+            shown.feed.publish_event("lost", {"ranks": event.get("ranks", []), "nodes": event.get("nodes", []),
+                                              "step": shown.step_at(float(event.get("clock_s", 0.0)))})
         elif kind == "shards" and shown.placement is not None:
             said = {m.get("rank"): m.get("node") for m in event.get("metrics", []) if isinstance(m, dict)}
             wrong = [(r, n, said[r]) for r, n in enumerate(shown.placement.rank_nodes) if said.get(r) not in (None, n)]
-            if wrong:
+            if wrong and shown.lost:  # a recovery moved them: say where they are now
+                shown.feed.publish_event("moved", {"rank_nodes": [said.get(r, n) for r, n in
+                                                                  enumerate(shown.placement.rank_nodes)]})
+            elif wrong:
                 r, shown_node, real = wrong[0]
                 self.errors.append(f"the page placed rank {r} on {shown_node}, the shard says {real}")
                 self.log(f"live view: {self.errors[-1]}")

@@ -33,10 +33,13 @@ def test_unreachable_shard_is_named():
 def test_bad_requests_are_refused(shard_pool):
     with ServingClient(ServingPlan("tiny:llama:0", shard_pool[:2], 1, 2)) as client:
         client.load()
-        for req, match in [(Request(()), "prompt is empty"), (Request((1, 999)), "outside the vocabulary"),
-                           (Request(PROMPT, max_new_tokens=0), "max_new_tokens")]:
+        for req, match in [(Request(()), "prompt is empty"), (Request((1, 999)), "outside the vocabulary")]:
             with pytest.raises(ServingError, match=match):
                 client.generate(req, timeout_s=5)
+    _, s = stub(shard_pool[0])
+    # a Request refuses max_new_tokens 0 when it is made; the head still refuses it from any other client
+    with pytest.raises(grpc.RpcError, match="max_new_tokens"):
+        list(s.Generate(pb.GenerateRequest(prompt=list(PROMPT), max_new_tokens=0), timeout=5))
     _, s = stub(shard_pool[1])
     with pytest.raises(grpc.RpcError, match="requests go to rank 0"):
         list(s.Generate(pb.GenerateRequest(prompt=[1], max_new_tokens=1), timeout=5))

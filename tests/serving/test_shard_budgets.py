@@ -184,3 +184,47 @@ def test_sixteen_streams_of_the_largest_tensor_are_refused_by_the_budget_not_an_
     assert all("would make 5242880 bytes in flight, over this shard's budget of 4194304 bytes: send smaller "
                "tensors or fewer at once" in a.error for a in acks), acks[0].error
     assert shard.budget.in_flight == 0
+
+
+# -- a second sweep of the wire (issue 10): fields no client or peer of ours sends ---------------------------
+@pytest.mark.parametrize("fields,words", [
+    # before: NaN passed 'temperature < 0' and failed in the sampler once the request had started
+    ({"sampling": pb.Sampling(temperature=float("nan"), top_p=1.0)}, "temperature must be a finite number"),
+    # before: NaN never timed out (a hang when a peer dies), 1e300 was an OverflowError in a peer
+    ({"step_timeout_s": float("nan")}, "step_timeout_s must be 0 (the shard's default) or within"),
+    ({"step_timeout_s": -1.0}, "step_timeout_s must be 0"),
+    ({"step_timeout_s": 1e300}, "got 1e+300"),
+    # before: kept as a key of the session table and of the last 4,096 ended requests (GBs of ids)
+    ({"request_id": "x" * (1 << 20)}, "request_id is 1,048,576 characters: at most 128"),
+])
+def test_generate_refuses_fields_out_of_range(shard, fields, words):
+    address, s = shard
+    load(s, address)
+    with pytest.raises(grpc.RpcError) as err:
+        list(s.Generate(pb.GenerateRequest(prompt=[1, 2, 3], max_new_tokens=2, **fields), timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.value.details()
+    assert len(list(s.Generate(pb.GenerateRequest(prompt=[1, 2, 3], max_new_tokens=2), timeout=10))) == 2
+
+
+@pytest.mark.parametrize("frame,words", [
+    (pb.Frame(kind=Kind.START, request_id="a", tokens=[1], max_new_tokens=2, step_timeout_s=float("nan")),
+     "step_timeout_s must be 0"),
+    (pb.Frame(kind=Kind.STEP, request_id="y" * 5000), "request id of 5,000 characters (at most 128)"),
+])
+def test_exchange_refuses_frames_no_peer_sends_and_tells_the_sender(shard, frame, words):
+    address, s = shard
+    load(s, address)
+    [ack] = list(s.Exchange(iter([frame]), timeout=5))
+    assert words in ack.error and len(ack.request_id) <= 128
+
+
+@pytest.mark.parametrize("peaks", [{"peak_flops": float("nan")}, {"peak_flops": -1.0},
+                                   {"peak_bandwidth_Bps": float("inf")}])
+def test_load_refuses_device_peaks_that_cannot_be_waited(shard, peaks):
+    # before: accepted; a NaN peak then spun a core for ever in the first request
+    address, s = shard
+    with pytest.raises(grpc.RpcError) as err:
+        s.Load(pb.LoadRequest(model="tiny:llama:0", ranks=[address], rank=0, tp_size=1, n_stages=1,
+                              compute="device:h100", **peaks), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must be a finite number greater than 0" in err.value.details()

@@ -71,8 +71,11 @@ def write_results_folder(folder: Path, series, *, client="Paris", ranks=("p00s01
                    window=Window(start_s=float(series.times_s[0]), duration_s=step_s * series.n_steps, step_s=step_s))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(as_dict(spec), sort_keys=False))
+    layers = [(r * 3 // len(ranks), (r + 1) * 3 // len(ranks)) for r in range(len(ranks))]  # a 3-layer model
     (folder / "run.json").write_text(json.dumps({"experiment": spec.name, "placement": dict(enumerate(ranks)),
-                                                 "client": client}))
+                                                 "client": client,
+                                                 "load": [{"rank": r, "stage": r // tp, "tp_rank": r % tp,
+                                                           "layers": list(layers[r])} for r in range(len(ranks))]}))
     rows = ["t_s,step,src,dst,rtt_ms,hops,path"]
     for k, t in enumerate(series.times_s):
         rows.append(f"{t},{k},{client},{ranks[0]},,,")

@@ -194,6 +194,38 @@ class TestReplay:
             _clean(browser, server.url)
 
 
+    def test_replay_counts_tokens_per_link_and_a_satellites_load(self, demo_series, browser, tmp_path,
+                                                                 make_results_folder):
+        s, k = demo_series, 11
+        names = s.short_names
+        hops = shortest_route(s, 10, s.node_index("Paris"), s.node_index("Moscow")).nodes
+        ranks = (names[hops[1]], names[hops[2]])
+        # tokens at steps 10, 10, 10, 11; the request's first token (its prompt) at step 10
+        folder = make_results_folder(tmp_path / "run", s, ranks=ranks)
+        with ViewServer(render_page(open_source(folder).scene(), "replay"), port=0) as server:
+            browser.open(f"{server.url}#t={float(s.times_s[k])}&play=0")
+            d = browser.wait_ready()
+            assert d["tokens"] == "4" and d["prompts"] == "1"
+            a, b, c = (names.index(n) for n in (*ranks, "Paris"))
+            want = {}
+            for step, n_tokens, n_prompts in ((10, 3, 1), (11, 1, 0)):
+                for u, v, n in ((a, b, n_tokens), (b, a, n_tokens), (a, c, n_tokens), (c, a, n_prompts)):
+                    path = shortest_route(s, step, u, v).nodes
+                    for x, y in zip(path, path[1:]):
+                        key = " ".join(names[z] for z in sorted((x, y)))
+                        want[key] = want.get(key, 0) + n
+            want = {key: n for key, n in want.items() if n}
+            assert browser.evaluate("window.meshemuView.linkCounts()") == want
+            assert int(browser.dataset()["linkCrossings"]) == sum(want.values())
+            browser.click(*browser.evaluate("window.meshemuView.screenOf(%d)" % b))
+            browser.wait_for(f"document.body.dataset.selected === '{ranks[1]}'")
+            info = browser.evaluate("document.getElementById('satinfo').innerText")
+            # stage 1 holds layers 1-2 of 3 (run.json's load); it sent each of the 4 tokens back to stage 0
+            assert "runs rank 1: stage 1, layers 1-2" in info and "tokens processed so far: 4" in info
+            assert "activations sent 4" in info
+            _clean(browser, server.url)
+
+
 class _Emulation:
     """Stands in for Emulation: what the player needs (prepare, apply_step), applying nothing."""
 

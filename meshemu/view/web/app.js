@@ -258,7 +258,7 @@
   }
 
   // ---- per-frame state -------------------------------------------------
-  const placementNodes = Object.keys(scene.placement).map(Number);
+  let placementNodes = Object.keys(scene.placement).map(Number); // a failover may move a rank (live: "moved")
   function route(k) { const r = scene.routes[state.pair]; return r ? r.steps[k] : null; }
   const drawn = { step: -1, isl: 0, gsl: 0 };
   function updateGlobe(k) {
@@ -450,7 +450,9 @@
           (scene.mode === "live" ? "" : "<br>tokens at this step: " + tokensAt[k]) : "") +
         "<br>legs: " + trip.legs.join("; ") + "; prompt: client -> stage 0<br>" +
         (st.one_way_s !== null ? "a token's trip now: " + ms(st.one_way_s) + " of propagation" : "a leg has no path now") +
-        (top.length ? "<table><tr><td>busiest links</td><td>crossings</td></tr>" + top.join("") + "</table>" : "");
+        (top.length ? "<table><tr><td>busiest links</td><td>crossings</td></tr>" + top.join("") + "</table>" : "") +
+        (state.lost ? "<br>lost ranks: " + state.lost.map((d) => d.ranks.map((r) => "rank " + r + " (" + (d.nodes || [])[r] + ")").join(", ") + " at step " + d.step).join("; ") +
+          (state.moved ? "; ranks now on " + state.moved.join(" ") + " (counts follow the first placement)" : "") : "");
     }
     $("counts").textContent = N + " satellites, " + G + " stations; now " + drawn.isl + " ISLs, " + drawn.gsl + " GSLs drawn";
     if (state.selected >= 0) showNode(state.selected, k);
@@ -600,6 +602,8 @@
     const events = new EventSource(scene.events_url || "events");
     events.addEventListener("hello", function (e) {
       const d = JSON.parse(e.data); state.liveScale = d.time_scale || 1;
+      // a (re)connected stream sends every token again: count from nothing
+      tokensAt.fill(0); promptsAt.fill(0); counted.version += 1; state.lost = null; state.requestsDone = 0;
     });
     // meshemu run: the client's tokens (with the step in force when each arrived) and the shards' layers
     events.addEventListener("token", function (e) {
@@ -613,6 +617,19 @@
       (d.replies || []).forEach(function (r) { const x = (scene.ranks || [])[r.rank]; if (x) x.layers = r.layers; });
     });
     events.addEventListener("request", function (e) { state.requestsDone = (state.requestsDone || 0) + 1; body.dataset.requests = String(state.requestsDone); });
+    events.addEventListener("lost", function (e) { // the client lost ranks; the deployment replaces them (or waits)
+      const d = JSON.parse(e.data);
+      state.lost = (state.lost || []).concat([d]); body.dataset.lost = String(state.lost.length);
+    });
+    events.addEventListener("moved", function (e) { // where the ranks ended up, as the shards said at the end
+      const d = JSON.parse(e.data);
+      (d.rank_nodes || []).forEach(function (name, r) { const x = (scene.ranks || [])[r], v = shortNames.indexOf(name); if (x && v >= 0) x.node = v; });
+      placementNodes = (scene.ranks || []).map((r) => r.node);
+      state.moved = d.rank_nodes;
+    });
+    events.addEventListener("failed", function (e) { // the client reported an error: the run stops
+      const d = JSON.parse(e.data); body.dataset.failed = d.message; $("mode").textContent = "live, failed: " + d.message;
+    });
     events.addEventListener("next", function () { events.close(); location.reload(); }); // the next experiment's page is up
     events.addEventListener("step", function (e) {
       const d = JSON.parse(e.data);
