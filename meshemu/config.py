@@ -210,6 +210,11 @@ def from_mapping(cls, data, *, file=None, prefix="", strict: bool = False):
             raise InputError("missing required key", file=file, field=f"{prefix}{name}")
     try:
         return cls(**values)
+    except InputError as err:
+        if err.file is not None or file is None:
+            raise
+        # a dataclass's own check knows the value, not where it was written: name the file and the key
+        raise InputError(err.detail, file=file, field=err.field or prefix.rstrip(".") or None) from None
     except (ValueError, TypeError) as err:
         raise InputError(str(err), file=file, field=prefix.rstrip(".") or None) from None
 

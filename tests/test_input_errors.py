@@ -641,3 +641,32 @@ class TestSecondSweepRecordsFolder:
         assert all(w in str(err.value) for w in words), err.value
         assert check_output_dir(tmp_path / "new" / "deeper") and not (tmp_path / "new").exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+FAILOVER = (Path(__file__).parents[1] / "experiments" / "failover.yaml").read_text()
+
+
+class TestFaultsCheck:
+    """``--check`` refuses a fault a root run would refuse, naming the file and the fault."""
+
+    @pytest.mark.parametrize("old,new,words", [
+        ('satellite: "rank:2"', 'satellite: "rank:9"', ["faults", "ranks 0-3"]),
+        ('satellite: "rank:2"', 'satellite: "p09s09"', ["faults", "unknown node 'p09s09'"]),
+        ('satellite: "rank:2"', 'satellite: "Delhi"', ["faults", "a ground station"]),
+        ("at_s: 12,", "at_s: 900,", ["faults", "the window is 200 s long"]),
+        ("for_s: 15}", "for_s: 15, reboot_s: 3}", ["faults[0]", "for_s (dark this long) or reboot_s"]),
+        ("for_s: 15}", "for_s: -1}", ["faults[0]", "for_s must be greater than 0 s"]),
+        ('satellite: "rank:2", for_s: 15', 'link: [p00s01, p00s05], for_s: 15', ["no link joins p00s01 and p00s05"]),
+        ('satellite: "rank:2", for_s: 15', 'link: [p00s01, p00s02], reboot_s: 15', ["reboot_s is for a satellite"]),
+        ("policy: replace", "policy: teleport", ["recovery.policy", "'teleport' is not one of"]),
+        ("detect_timeout_s: 5.0", "detect_timeout_s: 0", ["detect_timeout_s must be greater than 0 s"]),
+        ("detect_timeout_s: 5.0", "detect_timeout_s: 5.0, weights: uplink", ["uplink_rate_mbps"]),
+    ])
+    def test_refused_naming_file_and_key(self, capsys, tmp_path, old, new, words):
+        assert old in FAILOVER, old
+        (tmp_path / "f.yaml").write_text(FAILOVER.replace(old, new, 1))
+        err = one_line(capsys, "run", tmp_path / "f.yaml", "--check")
+        assert f"{tmp_path / 'f.yaml'}" in err and all(w in err for w in words), err
+
+    def test_the_shipped_failover_passes(self, capsys):
+        assert main(["run", "experiments/failover.yaml", "--check"]) == 0, capsys.readouterr().err
