@@ -526,7 +526,7 @@ class TestSecondSweepLinkSeriesFiles:
 
 
 class TestSecondSweepServingJobs:
-    """``python -m meshemu.serving.client --job FILE``: what the JSON may hold, refused before any connection."""
+    """``python -m meshemu.serving.client_process --job FILE``: what the JSON may hold, refused before any connection."""
 
     @staticmethod
     def job_text(change) -> str:
@@ -670,3 +670,19 @@ class TestFaultsCheck:
 
     def test_the_shipped_failover_passes(self, capsys):
         assert main(["run", "experiments/failover.yaml", "--check"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("job,words", [("DIR", "Is a directory"), ("/nonexistent.json", "No such file"),
+                                       ("BAD", "not JSON")])
+def test_the_client_process_answers_a_bad_job_with_one_error_event(tmp_path, job, words):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.json").write_text("{nope")
+    path = {"DIR": str(tmp_path), "BAD": str(tmp_path / "bad.json")}.get(job, job)
+    out = subprocess.run([sys.executable, "-m", "meshemu.serving.client_process", "--job", path],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    [event] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert event["event"] == "error" and words in event["message"], event

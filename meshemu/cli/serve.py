@@ -139,7 +139,7 @@ def serving_job(args, source, config, tok) -> ServingJob:
 
 
 def run_sharded_generate(args) -> int:
-    from meshemu.serving.client import run_job
+    from meshemu.serving.client_process import run_job
     from meshemu.serving.metrics import JsonLines
 
     if not (args.loopback or args.constellation):

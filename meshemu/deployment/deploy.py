@@ -179,7 +179,7 @@ def deploy(series, run: MeshRun, *, on_event=None, on_step=None, log=None) -> De
 
         player_thread = threading.Thread(target=play, name="player", daemon=True)
         dep.clock_origin = {"monotonic_s": time.monotonic(), "wall_time": time.time()}
-        client_proc = procs.spawn([sys.executable, "-m", "meshemu.serving.client", "--job", "-"],
+        client_proc = procs.spawn([sys.executable, "-m", "meshemu.serving.client_process", "--job", "-"],
                                   prefix=emu.command_prefix(gs), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=tempfile.TemporaryFile("w+"), text=True)  # noqa: SIM115 - closed by procs
         try:

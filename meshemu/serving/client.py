@@ -1,8 +1,8 @@
 """The client: load a model onto the shards, send prompts to the head, receive streamed tokens.
 
 It needs only the shards' addresses, so it runs the same in this process (on
-loopback) and as ``python -m meshemu.serving.client --job FILE`` inside a
-ground station's namespace, where it prints one JSON event a line.
+loopback) and inside a ground station's namespace, as the process of
+:mod:`meshemu.serving.client_process`.
 
 Every call has a deadline; a shard that is down, or a path that stays down,
 turns into a :class:`ServingError` naming what failed, never a hang.
@@ -10,9 +10,7 @@ turns into a :class:`ServingError` naming what failed, never a hang.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import threading
 import time
 from concurrent import futures
@@ -20,9 +18,8 @@ from dataclasses import asdict
 
 import grpc
 
-from meshemu.config import read_text
 from meshemu.errors import InputError, MeshemuError
-from meshemu.serving.job import Request, ServingJob, ServingPlan
+from meshemu.serving.job import Request, ServingJob, ServingPlan  # noqa: F401 - the names callers know
 from meshemu.serving.metrics import RequestRecord
 from meshemu.serving.rpc import shard_pb2 as pb
 from meshemu.serving.tensors import decode
@@ -167,81 +164,13 @@ class ServingClient:
 
 
 # -- a job: what the CLI asks a client in a ground station's namespace to do ---------------------
-def run_job(job: ServingJob, emit, controller=None) -> None:
-    """Load the plan, run the requests (``concurrency`` at a time, ``gap_s`` apart), and ``emit`` events (dicts).
-
-    Events: ``loaded`` (the shards' replies), ``token`` (as each arrives),
-    ``request`` (its record, and its error if it failed), ``shards`` (their metrics).
-    With ``job.recovery`` enabled and a ``controller`` (see :mod:`meshemu.serving.recovery`),
-    a request that loses a rank is recovered instead of failed.
-    """
-    from meshemu.serving.recovery import RecoveringClient  # it builds on this module
-
-    requests = job.requests
-    if job.recovery.enabled and controller is not None:
-        client = RecoveringClient(job.plan, job.recovery, controller, timeout_s=job.timeout_s,
-                                  load_timeout_s=job.load_timeout_s)
-        ready = client.client
-    else:
-        client = ready = ServingClient(job.plan, step_timeout_s=job.step_timeout_s)
-    try:
-        t0 = time.monotonic()
-        ready.wait_ready(job.connect_timeout_s)
-        replies = ready.load(job.load_timeout_s)
-        emit({"event": "loaded", "replies": [_load_row(r) for r in replies], "connect_load_s": time.monotonic() - t0})
-        lock = threading.Lock()
-
-        def on_token(i, ev, rec):
-            with lock:
-                emit({"event": "token", "request": i, "index": ev.index, "token": ev.token,
-                      "t": rec.tokens[-1].arrival_s, "clock_s": rec.tokens[-1].clock_s})
-
-        for first in range(0, len(requests), job.concurrency):
-            if first and job.gap_s:
-                time.sleep(job.gap_s)  # let the mesh move between batches
-            batch = requests[first:first + job.concurrency]
-            hook = lambda i, ev, rec, f=first: on_token(f + i, ev, rec)  # noqa: E731
-            results = (client.generate_many(batch, on_token=hook) if client is not ready
-                       else client.generate_many(batch, timeout_s=job.timeout_s, on_token=hook))
-            for k, res in enumerate(results):
-                i = first + k
-                if isinstance(res, ServingError):
-                    emit({"event": "request", "request": i, "error": str(res), "record": _record_row(res.record)})
-                else:
-                    emit({"event": "request", "request": i, "record": _record_row(res)})
-        emit({"event": "shards", "metrics": client.metrics()})
-    finally:
-        client.close()
-
-
-class PipeController:
-    """The client's side of recovery in a ground station's namespace: ask the deployment on stdout, read its
-    answer from stdin (one JSON line each way)."""
-
-    def __init__(self, emit, answers):
-        self.emit, self.answers = emit, answers
-
-    def __call__(self, lost, plan, noticed_clock_s):
-        from meshemu.serving.recovery import Instruction
-
-        self.emit({"event": "lost", "ranks": list(lost), "nodes": list(plan.nodes), "clock_s": noticed_clock_s})
-        line = self.answers.readline()
-        if not line:
-            return None
-        answer = json.loads(line)
-        if answer.get("event") != "recover":
-            return None
-        return Instruction(tuple(answer["ranks"]), tuple(answer["nodes"]), answer["place_s"], answer["waited_s"],
-                           answer["note"])
-
-
-def _load_row(r) -> dict:
+def load_row(r) -> dict:
     return {"rank": r.rank, "stage": r.stage, "tp_rank": r.tp_rank, "layers": [r.layer_start, r.layer_stop],
             "q_heads": list(r.q_heads), "kv_heads": list(r.kv_heads), "ffn": [r.ffn_start, r.ffn_stop],
             "load_s": r.load_s, "weight_bytes": r.weight_bytes, "model": r.model_name}
 
 
-def _record_row(rec: RequestRecord) -> dict:
+def record_row(rec: RequestRecord) -> dict:
     row = asdict(rec)
     row.pop("tokens")
     row["token_rows"] = rec.token_rows()
@@ -258,32 +187,3 @@ def record_from_row(row: dict) -> RequestRecord:
                       collective_s=t["collective_s"], clock_s=t["clock_s"])
     rec.logits = row.get("logits", [])
     return rec
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m meshemu.serving.client",
-                                     description="Run a serving job (JSON) and print events as JSON lines.")
-    parser.add_argument("--job", required=True,
-                        help="the job file (JSON), or - for stdin: its first line; later lines answer recoveries")
-    args = parser.parse_args(argv)
-    from meshemu.serving.shard import die_with_parent  # here: the shard's module pulls in the model
-
-    die_with_parent()
-    lock = threading.Lock()  # request threads and a recovery write events at once: whole lines only
-
-    def emit(event):
-        with lock:
-            sys.stdout.write(json.dumps(event) + "\n")
-            sys.stdout.flush()
-
-    try:
-        text = sys.stdin.readline() if args.job == "-" else read_text(args.job)
-        run_job(ServingJob.from_json(text), emit, controller=PipeController(emit, sys.stdin))
-    except MeshemuError as err:
-        emit({"event": "error", "message": str(err)})
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
