@@ -144,6 +144,13 @@ class FaultSchedule:
                 self._outage(f, (), probe=True)  # a rank fault's satellite is known once placed
             except InputError as err:
                 raise InputError(f"{where}: {err.detail if hasattr(err, 'detail') else err}") from None
+        named = [(i, f) for i, f in enumerate(self.faults) if f.rank is None]
+        for a, (i, f) in enumerate(named):
+            for j, g in named[a + 1:]:
+                same = f.target == g.target or (f.link and g.link and set(f.link) == set(g.link))
+                if same and f.at_s < g.at_s + g.end_after_s and g.at_s < f.at_s + f.end_after_s:
+                    raise InputError(f"faults[{i}] and faults[{j}] strike {f.target} at once "
+                                     f"({f.at_s:g} s and {g.at_s:g} s): one fault per element at a time")
 
     def node_of(self, fault: Fault, rank_nodes=None) -> int | None:
         """The node a satellite or station fault strikes (``rank:N``: who holds rank N in ``rank_nodes``)."""

@@ -59,6 +59,13 @@ class TestSchedule:
         with pytest.raises(InputError, match=words):
             FaultSchedule(series, [fault]).check(2)
 
+    def test_two_faults_on_one_element_at_once_are_refused(self, series):
+        with pytest.raises(InputError, match=r"faults\[0\] and faults\[1\] strike p02s03 at once"):
+            FaultSchedule(series, [Fault(at_s=10, satellite="p02s03", for_s=20),
+                                   Fault(at_s=15, satellite="p02s03", reboot_s=2)])
+        FaultSchedule(series, [Fault(at_s=10, satellite="p02s03", for_s=5),
+                               Fault(at_s=15, satellite="p02s03", for_s=5)])  # one after the other: fine
+
 
 def serve(series, prefix, faults, *, tp=1, pp=2, policy="replace", n=N, station="Tokyo"):
     recovery = Recovery(policy=policy, detect_timeout_s=2.0)
