@@ -101,8 +101,16 @@ def load_scenario(args) -> Scenario:
         gsl = replace(gsl, policy=args.gsl_policy)
     constellation = constellation.with_rules(gsl=gsl)
     stations = read_ground_stations(args.ground_stations) if args.ground_stations else default_ground_stations()
-    grid = TimeGrid.from_window(args.epoch or constellation.epoch_utc, start_s=args.start,
-                                duration_s=args.duration, step_s=args.step, ut1_equals_utc=args.ut1_equals_utc)
+    return scenario_of(constellation, stations, start_s=args.start, duration_s=args.duration, step_s=args.step,
+                       epoch=args.epoch, ut1_equals_utc=args.ut1_equals_utc)
+
+
+def scenario_of(constellation, stations=None, *, start_s: float = 0.0, duration_s: float, step_s: float,
+                epoch=None, ut1_equals_utc: bool = False) -> Scenario:
+    """A constellation over a window, checked before any work: the one place the CLI makes a time grid."""
+    stations = tuple(default_ground_stations() if stations is None else stations)
+    grid = TimeGrid.from_window(epoch or constellation.epoch_utc, start_s=start_s, duration_s=duration_s,
+                                step_s=step_s, ut1_equals_utc=ut1_equals_utc)
     check_window(constellation.satrecs, grid)  # before any progress bar starts
     check_series_size(constellation.size, len(stations), len(grid), len(constellation.isl_pairs))
     return Scenario(constellation, stations, grid)

@@ -217,13 +217,13 @@ def _context(args, config, device, rank_nodes, client_node, where):
 
 
 def _run_in_mesh(args, config, device, job, on_event):
-    from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation
+    from meshemu.cli.scenario import scenario_of
+    from meshemu.cli.topology import compute_series
+    from meshemu.constellation import load_constellation
     from meshemu.deployment import MeshRun, deploy
-    from meshemu.links import compute_link_series
 
-    c = load_constellation(args.constellation)
-    series = compute_link_series(c, default_ground_stations(), TimeGrid.from_window(
-        c.epoch_utc, start_s=args.start, duration_s=args.duration, step_s=args.step))
+    series = compute_series(scenario_of(load_constellation(args.constellation), start_s=args.start,
+                                        duration_s=args.duration, step_s=args.step))
     run = MeshRun(job, ground_station=args.ground_station, placement=args.placement, shaper=args.shaper,
                   time_scale=args.time_scale)
     dep = deploy(series, run, on_event=on_event, log=lambda line: print(f"meshemu: {line}", file=sys.stderr))

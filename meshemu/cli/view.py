@@ -93,16 +93,16 @@ def run_bench_view(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from meshemu.constellation import TimeGrid, default_ground_stations, load_constellation
-    from meshemu.links import compute_link_series
+    from meshemu.cli.scenario import scenario_of
+    from meshemu.cli.topology import compute_series
+    from meshemu.constellation import load_constellation
     from meshemu.view.browser import Browser
     from meshemu.view.page import export_page
     from meshemu.view.scene import build_scene
 
-    c = load_constellation(args.constellation)
-    grid = TimeGrid.from_window(c.epoch_utc, start_s=0, duration_s=args.duration, step_s=args.step)
+    scenario = scenario_of(load_constellation(args.constellation), duration_s=args.duration, step_s=args.step)
     t0 = time.perf_counter()
-    series = compute_link_series(c, default_ground_stations(), grid)
+    series = compute_series(scenario)
     t1 = time.perf_counter()
     scene = build_scene(series)
     t2 = time.perf_counter()
