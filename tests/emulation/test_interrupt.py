@@ -31,7 +31,7 @@ def test_interrupted_run_cleans_up(prefix, sig):
     time.sleep(1.5)  # a step or so into the run
     proc.send_signal(sig)
     rest = proc.stderr.read()
-    assert proc.wait(timeout=30) == 130
+    assert proc.wait(timeout=30) == 130, rest
     assert "Traceback" not in rest and "interrupted" in rest
     assert existing_namespaces(prefix) == [] and _helper_pids(prefix) == []
 
