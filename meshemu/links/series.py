@@ -243,53 +243,66 @@ def compute_link_series(constellation, stations, grid: TimeGrid, *, progress=Non
                         chunk_steps: int = 50) -> LinkSeries:
     """Propagate ``constellation`` over ``grid`` and work out every ISL and GSL.
 
-    ``progress(done_steps, total_steps)`` is called after each chunk of steps.
+    Steps are propagated ``chunk_steps`` at a time (float64 for one chunk only)
+    and written straight into the series' float32 arrays; ground links are kept
+    as (pair, range) lists of compact dtypes until every pair is known, then
+    laid out once. ``progress(done_steps, total_steps)`` is called after each chunk.
     """
     c = constellation
-    n_sat, n_t = c.size, len(grid)
-    check_series_size(n_sat, len(stations), n_t, len(c.isl_pairs))
+    n_sat, n_g, n_t = c.size, len(stations), len(grid)
+    check_series_size(n_sat, n_g, n_t, len(c.isl_pairs))
     gs_pos, gs_up = ground_positions_m(stations)
     pairs = c.isl_pairs
     cross_plane = (c.plane[pairs[:, 0]] != c.plane[pairs[:, 1]]) if len(pairs) else np.zeros(0, bool)
     isl_len = np.empty((n_t, len(pairs)), dtype=np.float32)
-    sat_pos = np.empty((n_t, n_sat, 3), dtype=np.float32)
-    gsl_parts = []
+    positions = np.empty((n_t, n_sat + n_g, 3), dtype=np.float32)  # satellites, then stations
+    positions[:, n_sat:] = gs_pos.astype(np.float32)
+    key_dtype = np.int32 if n_g * n_sat < 2**31 else np.int64
+    gsl_steps, gsl_keys, gsl_range = [], [], []  # per chunk: step (int32), station * N + satellite, m (float32)
     for t0 in range(0, n_t, chunk_steps):
         sub = TimeGrid(grid.epoch_utc, grid.offsets_s[t0:t0 + chunk_steps], grid.ut1_equals_utc)
-        pos = propagate_itrs_m(c.satrecs, sub, c.satellite_names)  # (t, S, 3)
-        sat_pos[t0:t0 + len(sub)] = pos
+        pos = propagate_itrs_m(c.satrecs, sub, c.satellite_names)  # (t, S, 3) float64, this chunk only
+        positions[t0:t0 + len(sub), :n_sat] = pos
         isl_len[t0:t0 + len(sub)] = isl_lengths_m(
             pos, pairs, max_range_m=_m(c.isl.max_range_km), min_grazing_altitude_m=c.isl.min_grazing_altitude_km * 1e3,
             cross_plane=cross_plane, max_cross_plane_latitude_deg=c.isl.max_cross_plane_latitude_deg)
         t, g, s, rng = visible_links(pos, gs_pos, gs_up, min_elevation_deg=c.gsl.elevation_limit_deg,
                                      max_range_m=_m(c.gsl.max_range_km), policy=c.gsl.policy)
-        gsl_parts.append((t + t0, g, s, rng))
+        gsl_steps.append((t + t0).astype(np.int32))
+        gsl_keys.append((g * n_sat + s).astype(key_dtype))
+        gsl_range.append(rng.astype(np.float32))
+        del pos
         if progress is not None:
             progress(min(t0 + chunk_steps, n_t), n_t)
-    t, g, s, rng = (np.concatenate(v) for v in zip(*gsl_parts))
-    gsl_key, column = np.unique(g * n_sat + s, return_inverse=True)  # each station-satellite pair seen
-    gsl_len = np.full((n_t, len(gsl_key)), np.nan, dtype=np.float32)
-    gsl_len[t, column] = rng
+    t, key, rng = np.concatenate(gsl_steps), np.concatenate(gsl_keys), np.concatenate(gsl_range)
+    del gsl_steps, gsl_keys, gsl_range
+    gsl_key, column = np.unique(key, return_inverse=True)  # each station-satellite pair seen
+    del key
+    n_isl = len(pairs)
+    length_m = np.empty((n_t, n_isl + len(gsl_key)), dtype=np.float32)  # the one (T, L) array
+    length_m[:, :n_isl] = isl_len
+    del isl_len
+    length_m[:, n_isl:] = np.nan
+    length_m[t, n_isl + column] = rng
+    del t, column, rng
     gsl_links = np.stack([gsl_key % n_sat, n_sat + gsl_key // n_sat], axis=1)
-    gs_pos32 = np.broadcast_to(gs_pos.astype(np.float32), (n_t, len(stations), 3))
     return LinkSeries(
         constellation=c.name, epoch_utc=grid.epoch_utc.isoformat().replace("+00:00", "Z"),
         times_s=np.asarray(grid.offsets_s, dtype=np.float64),
         node_names=tuple(c.satellite_names) + tuple(st.name for st in stations), n_satellites=n_sat,
         links=np.concatenate([pairs, gsl_links]).astype(np.int32).reshape(-1, 2),
-        length_m=np.concatenate([isl_len, gsl_len], axis=1),
-        positions_m=np.concatenate([sat_pos, gs_pos32], axis=1), ut1_equals_utc=grid.ut1_equals_utc,
+        length_m=length_m, positions_m=positions, ut1_equals_utc=grid.ut1_equals_utc,
         satellite_places=c.places)
 
 
 def series_bytes(n_satellites: int, n_stations: int, n_steps: int, n_isls: int) -> int:
     """A floor on the memory a link series takes while it is computed.
 
-    Positions are held twice (satellites alone, then with the stations), ISL lengths twice (alone,
-    then beside the GSLs), and each station sees at least a few satellites at every step.
+    Positions are held once, ISL lengths twice (alone, then in the series), and
+    each station sees at least a few satellites at every step.
     """
-    positions = n_steps * (n_satellites * 2 + n_stations) * 3 * 4
-    lengths = n_steps * (n_isls + 4 * n_stations) * 4 * 2
+    positions = n_steps * (n_satellites + n_stations) * 3 * 4
+    lengths = n_steps * (n_isls * 2 + 4 * n_stations) * 4
     return positions + lengths
 
 
