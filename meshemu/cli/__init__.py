@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from meshemu.errors import InputError, MeshemuError
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # A shell starts a background job with SIGINT ignored, and the child inherits that: then 'kill -INT' (or a
+    # Ctrl-C relayed by a wrapper) would not stop a run and clean up. meshemu always takes SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
