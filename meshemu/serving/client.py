@@ -138,20 +138,8 @@ class ServingClient:
 
     def generate_many(self, requests, *, timeout_s: float = 300.0, on_token=None) -> list:
         """Run ``requests`` concurrently (micro-batches in the pipeline); records, or errors, in order."""
-        out = [None] * len(requests)
-
-        def one(i):
-            try:
-                out[i] = self.generate(requests[i], timeout_s=timeout_s,
-                                       on_token=None if on_token is None else lambda ev, rec: on_token(i, ev, rec))
-            except ServingError as err:
-                out[i] = err
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return out
+        return generate_all(lambda r, on_token: self.generate(r, timeout_s=timeout_s, on_token=on_token),
+                            requests, on_token)
 
     def metrics(self, timeout_s: float = 5.0) -> list:
         out = []
@@ -164,6 +152,26 @@ class ServingClient:
 
 
 # -- a job: what the CLI asks a client in a ground station's namespace to do ---------------------
+def generate_all(generate, requests, on_token=None) -> list:
+    """``generate(request, on_token)`` for every request at once, one thread each; records, or errors, in order.
+
+    ``on_token(i, event, record)`` sees request i's tokens.
+    """
+    out = [None] * len(requests)
+
+    def one(i):
+        try:
+            out[i] = generate(requests[i], None if on_token is None else lambda ev, rec: on_token(i, ev, rec))
+        except ServingError as err:
+            out[i] = err
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 def load_row(r) -> dict:
     return {"rank": r.rank, "stage": r.stage, "tp_rank": r.tp_rank, "layers": [r.layer_start, r.layer_stop],
             "q_heads": list(r.q_heads), "kv_heads": list(r.kv_heads), "ffn": [r.ffn_start, r.ffn_stop],

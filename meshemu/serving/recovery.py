@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import grpc
 
-from meshemu.serving.client import ServingClient, ServingError
+from meshemu.serving.client import ServingClient, ServingError, generate_all
 from meshemu.serving.job import Recovery, Request, ServingPlan
 from meshemu.serving.metrics import RequestRecord
 from meshemu.serving.rpc import shard_pb2 as pb
@@ -134,20 +134,7 @@ class RecoveringClient:
 
     def generate_many(self, requests, *, on_token=None) -> list:
         """Like :meth:`ServingClient.generate_many`: records, or errors, in order."""
-        out = [None] * len(requests)
-
-        def one(i):
-            try:
-                out[i] = self.generate(requests[i], on_token=None if on_token is None
-                                       else lambda ev, rec: on_token(i, ev, rec))
-            except ServingError as err:
-                out[i] = err
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return out
+        return generate_all(lambda r, hook: self.generate(r, on_token=hook), requests, on_token)
 
     # -- one recovery, shared by every request that failed with this plan ------------------------
     def _recover(self, generation: int, error: str) -> dict:
