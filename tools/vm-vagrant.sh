@@ -31,7 +31,19 @@ if [ ${#need[@]} -gt 0 ]; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       "${need[@]}" qemu-system-x86 libvirt-daemon-driver-qemu >/dev/null; } || cannot "could not install ${need[*]}"
 fi
-# libvirt's daemons, where no init system starts them (this machine has none)
+# libvirt's daemons, where no init system starts them (this machine has none). Such a machine is a
+# container: there libvirt must not give QEMU a private /dev (a mount namespace it fills by moving
+# bind mounts), which a container's mounts refuse ("Unable to move /run/libvirt/qemu/1-x.full mount
+# to /dev/full: Invalid argument", seen on CI); 'namespaces = []' keeps QEMU in this /dev.
+if [ "$(ps -o comm= -p 1)" != systemd ] && ! grep -Eq '^[[:space:]]*namespaces[[:space:]]*=' /etc/libvirt/qemu.conf; then
+  say "libvirt: QEMU without a private /dev (namespaces = [] in /etc/libvirt/qemu.conf), as a container needs"
+  printf '\n# meshemu (tools/vm-vagrant.sh): no init system, so a container: no private /dev for QEMU\nnamespaces = []\n' \
+    >> /etc/libvirt/qemu.conf
+  if pgrep -x libvirtd >/dev/null; then  # started before the change: it reads qemu.conf only at start
+    pkill -x libvirtd
+    for _ in $(seq 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.2; done
+  fi
+fi
 pgrep -x virtlogd >/dev/null || virtlogd -d
 pgrep -x libvirtd >/dev/null || libvirtd -d
 for _ in $(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done

@@ -40,6 +40,9 @@ def register(commands, benches):
                        help="TPxPP[:ALGORITHM] list (default %(default)s)")
     bench.add_argument("--concurrency", default="1,2,4", help="micro-batch counts for a 1x3 pipeline (default 1,2,4)")
     bench.add_argument("--metrics", metavar="FILE", help="also write the rows as JSON Lines")
+    bench.add_argument("--data-plane", choices=("tcp", "grpc", "both"), default="tcp",
+                       help="how frames between shards travel: tcp (the data plane beside gRPC, the default), grpc "
+                            "(Exchange streams) or both, one after the other")
     bench.set_defaults(run=run_bench)
 
 
@@ -289,6 +292,37 @@ def _counts(text):
 
 
 def run_bench(args) -> int:
+    import os
+
+    from meshemu.serving.transport import DATA_PLANE_ENV
+
+    planes = ("tcp", "grpc") if args.data_plane == "both" else (args.data_plane,)
+    before = os.environ.get(DATA_PLANE_ENV)
+    try:
+        for plane in planes:
+            os.environ[DATA_PLANE_ENV] = plane  # the shard processes inherit it
+            _run_bench(args, plane)
+    finally:
+        if before is None:
+            os.environ.pop(DATA_PLANE_ENV, None)
+        else:
+            os.environ[DATA_PLANE_ENV] = before
+    return 0
+
+
+def _messages_per_token(t: int, p: int, algo: str, layers: list) -> int:
+    """All-reduce messages on one rank's critical path per decode token: 2 all-reduces a layer.
+
+    >>> _messages_per_token(3, 1, "ring", [30]), _messages_per_token(3, 1, "direct", [30]), _messages_per_token(1, 2, "ring", [15, 15])
+    (240, 120, 0)
+    """
+    if t == 1:
+        return 0
+    per_allreduce = 2 * (t - 1) if algo == "ring" else t - 1
+    return sum(2 * n * per_allreduce for n in layers)
+
+
+def _run_bench(args, plane: str) -> None:
     from meshemu.serving.client import ServingClient
     from meshemu.serving.launch import ShardProcesses, start_loopback
     from meshemu.serving.metrics import JsonLines
@@ -326,18 +360,19 @@ def run_bench(args) -> int:
         per_hop = [t.hop_s / 4 for t in decode]
         compute = [t.compute_s for t in decode]
         hop_ms = statistics.median(per_hop) * 1e3
+        print(f"data plane: {plane}")
         print(f"hop      median {hop_ms:.3f} ms per pipeline hop (576 float32 = 2304 B), p90 "
               f"{sorted(per_hop)[int(0.9 * len(per_hop))] * 1e3:.3f} ms; cycle of 4 hops "
               f"{statistics.median(t.cycle_s for t in decode) * 1e3:.2f} ms, compute "
               f"{statistics.median(compute) * 1e3:.2f} ms ({len(decode)} tokens; target < 1 ms)")
-        metrics.write({"kind": "bench_hop", "hop_ms_median": hop_ms, "tokens": len(decode)})
+        metrics.write({"kind": "bench_hop", "hop_ms_median": hop_ms, "tokens": len(decode), "data_plane": plane})
         overhead_s = hop_ms / 1e3
 
         # 2. Layouts of the real model: decode tokens/s, predicted beside measured.
         print(f"model    {config.name}: {config.n_layers} layers, hidden {config.hidden_size}; "
               f"{args.tokens} tokens per request; prediction with o = {hop_ms:.3f} ms per message")
         print(f"{'layout':<12} {'tok/s':>7} {'TPOT ms':>8} {'pred ms':>8} {'err':>7} {'compute':>8} "
-              f"{'collect':>8} {'hops':>7}")
+              f"{'collect':>8} {'hops':>7} {'floor ms':>8} {'coll/msg':>8}")
         from meshemu.model.partition import pipeline_ranges
 
         for t, p, algo in layouts:
@@ -345,16 +380,23 @@ def run_bench(args) -> int:
             if isinstance(rec, Exception):
                 print(f"{t}x{p} {algo}: {rec}")
                 continue
-            ctx = RunContext(tp=t, pp=p, algorithm=algo, layers=[b - a for a, b in pipeline_ranges(config.n_layers, p)],
+            layers = [b - a for a, b in pipeline_ranges(config.n_layers, p)]
+            ctx = RunContext(tp=t, pp=p, algorithm=algo, layers=layers,
                              rank_nodes=[f"r{k}" for k in range(t * p)], client_node="c",
                              activation_bytes=4 * config.hidden_size, overhead_s=overhead_s)
             row, *_ = analyse(rec, ctx)
-            row.update(kind="bench_layout", tp=t, pp=p, allreduce=algo)
+            # the floor beside every result: the measured cost of one message (the hop above), and for TP what
+            # one all-reduce message cost in this layout (collective time over the messages on the critical path)
+            n_msg = _messages_per_token(t, p, algo, layers)
+            per_msg_s = row["collective_s_per_token"] / n_msg if n_msg else None
+            row.update(kind="bench_layout", tp=t, pp=p, allreduce=algo, data_plane=plane, floor_s=overhead_s,
+                       collective_s_per_message=per_msg_s)
             metrics.write(row)
             print(f"{t}x{p} {algo:<7} {row['decode_tokens_per_s']:7.1f} {row['tpot_s'] * 1e3:8.2f} "
                   f"{row['predicted_tpot_s'] * 1e3:8.2f} {row['tpot_error']:+7.1%} "
                   f"{row['compute_s_per_token'] * 1e3:8.2f} {row['collective_s_per_token'] * 1e3:8.2f} "
-                  f"{row['hop_s_per_token'] * 1e3:7.2f}")
+                  f"{row['hop_s_per_token'] * 1e3:7.2f} {hop_ms:8.3f} "
+                  + (f"{per_msg_s * 1e3:8.3f}" if per_msg_s is not None else f"{'-':>8}"))
 
         # 3. Micro-batching: m requests at once through a 3-stage pipeline.
         for m in concurrency:
@@ -363,7 +405,7 @@ def run_bench(args) -> int:
             total = sum(len(r.tokens) for r in ok)
             print(f"1x3 m={m:<3} {total / wall:7.1f} tok/s in all ({len(ok)} of {m} requests, "
                   f"{total} tokens in {wall:.2f} s)")
-            metrics.write({"kind": "bench_microbatch", "m": m, "tokens_per_s": total / wall, "wall_s": wall})
+            metrics.write({"kind": "bench_microbatch", "m": m, "tokens_per_s": total / wall, "wall_s": wall,
+                           "data_plane": plane})
     metrics.close()
-    return 0
 

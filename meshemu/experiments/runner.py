@@ -1,7 +1,7 @@
 """Run an experiment: mesh up, shards in satellites, the workload while the constellation moves, results down.
 
 A results folder holds: ``config.yaml`` (the resolved experiment), ``run.json``
-(detected capabilities, shaping backend, placement, player summary),
+(detected capabilities, shaping backend, placement, player summary, each shard's counters),
 ``steps.csv`` (per step: scheduled and applied time, apply duration, changes),
 ``link_events.csv`` (links up and down), ``routes.csv`` (the routed path and
 RTT between the client and each rank, and between probe pairs, at every step),
@@ -146,7 +146,9 @@ def _mean_of_lists(rows, key):
 def _write(result, series, dep, wall_s, config) -> None:
     folder = result.folder
     meta = {"experiment": result.spec.name, **dep.info(), "wall_s": wall_s, "model": config.name,
-            "probes": error_summary(result.probes), "paths": path_summary(result.paths)}
+            "probes": error_summary(result.probes), "paths": path_summary(result.paths),
+            # each shard's counters at the end (frames in, on the data plane or gRPC, refused, dropped)
+            "shards": next((e["metrics"] for e in dep.events if e["event"] == "shards"), [])}
     (folder / "run.json").write_text(json.dumps(meta, indent=1, default=str))
     series.save(folder / "series.npz")  # the series played, for 'meshemu view DIR' (no rebuild, same numbers)
     _csv(folder / "steps.csv", [r.as_dict() for r in dep.step_records])

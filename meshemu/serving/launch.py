@@ -4,9 +4,9 @@ Both run ``python -m meshemu.serving.shard --bind IP:0`` and read back the
 ``READY IP:PORT`` line. The deployment puts a shard inside a satellite's
 namespace by giving the command prefix that enters it, and binds the node's
 own address (the one routes carry); serving itself knows nothing of
-namespaces. Children get ``OPENBLAS_NUM_THREADS=1`` and die with the thread that
-started them (PR_SET_PDEATHSIG): start them from a thread that outlives them
-(the main thread), and :meth:`ShardProcesses.close` them in a ``finally``.
+namespaces. Children get ``OPENBLAS_NUM_THREADS=1`` and die with the process that
+started them (they watch a pidfd of their parent: any thread may start them), and
+:meth:`ShardProcesses.close` stops them in a ``finally``.
 """
 
 from __future__ import annotations

@@ -35,9 +35,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-#: Software cost of one message between shard processes (gRPC stream, Python, framing), seconds.
-#: Measured on loopback by ``meshemu bench serving`` on the 2-core development machine.
-DEFAULT_OVERHEAD_S = 0.6e-3
+#: Software cost of one message between shard processes (Python, framing, the kernel's loopback, waking the
+#: receiving thread), seconds. Measured on loopback by ``meshemu bench serving`` on the 2-core development
+#: machine with another benchmark beside it: 0.20-0.25 ms median per hop on the TCP data plane (0.37-0.42 ms
+#: on gRPC Exchange streams, where it was 0.6 ms before).
+DEFAULT_OVERHEAD_S = 0.22e-3
 #: TCP's initial window (10 segments of 1448 B): a larger message sent after idle needs more round trips.
 INITIAL_WINDOW_BYTES = 10 * 1448
 #: Bytes/s one gRPC stream carries between Python processes (FIELD.md: ~500 MiB/s with 1 MiB chunks).

@@ -3,7 +3,9 @@
     python -m meshemu.serving.shard --bind 127.0.0.1:0 [--node NAME]
 
 It prints ``READY IP:PORT`` once it listens (port 0: the kernel picks one) and
-serves until SIGTERM, SIGINT or the death of its parent. It runs the same on
+serves until SIGTERM, SIGINT or the death of its parent. Beside the gRPC
+server it listens for peers' frames on a data plane (plain TCP, on the same
+address, its port in ``Health``; ``--data-plane grpc`` turns it off). It runs the same on
 loopback and inside a satellite's network namespace: it only knows the
 address it binds and the addresses it is told in ``Load``.
 """
@@ -20,6 +22,7 @@ import errno
 import json
 import math
 import queue
+import select
 import signal
 import socket
 import sys
@@ -30,6 +33,7 @@ from collections import OrderedDict
 from concurrent import futures
 
 import grpc
+import numpy as np
 
 from meshemu.errors import InputError, MeshemuError
 from meshemu.serving.collectives import ALGORITHMS
@@ -39,8 +43,9 @@ from meshemu.serving.pipeline import Kind, Layout, Session
 from meshemu.serving.rpc import shard_pb2 as pb
 from meshemu.serving.rpc import shard_pb2_grpc as pb_grpc
 from meshemu.resources import available_memory_bytes
-from meshemu.serving.tensors import MAX_TENSOR_BYTES, Assembler, Budget, TensorError, encode
-from meshemu.serving.transport import SERVER_OPTIONS, Links, frames
+from meshemu.serving.tensors import MAX_TENSOR_BYTES, Assembler, Budget, TensorError, check_header, encode
+from meshemu.serving.transport import (FRAME_MAGIC, SERVER_OPTIONS, DataPlaneServer, Links, Message, ProtocolError,
+                                       Reader, ack_bytes, data_plane_mode)
 
 DEFAULT_STEP_TIMEOUT_S = 10.0
 POLL_S = 0.1
@@ -51,7 +56,8 @@ class Shard(pb_grpc.ShardServicer):
     """The servicer: holds the loaded part of the model, the sessions and the links to peers."""
 
     def __init__(self, address: str, node: str = "", *, max_tensor_bytes: int = MAX_TENSOR_BYTES,
-                 step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S, max_sessions: int = 256):
+                 step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S, max_sessions: int = 256,
+                 data_plane: str | None = None):
         self.address, self.node = address, node or address
         self.max_tensor_bytes = max_tensor_bytes
         # all streams together hold at most a few tensors' worth, and never more than half the free memory
@@ -59,7 +65,9 @@ class Shard(pb_grpc.ShardServicer):
         self.step_timeout_s = step_timeout_s
         self.max_sessions = max_sessions
         self.started = time.monotonic()
-        self.links = Links(on_refused=self._refused_by_peer)
+        self.data_plane = data_plane_mode(data_plane)
+        self.links = Links(on_refused=self._refused_by_peer, data_plane=self.data_plane)
+        self.data_server: DataPlaneServer | None = None
         self.layout: Layout | None = None
         self.rank = 0
         self.compute = None
@@ -73,7 +81,13 @@ class Shard(pb_grpc.ShardServicer):
         self.head_requests: dict[str, queue.Queue] = {}
         self.counters = {"frames_in": 0, "bytes_in": 0, "requests": 0, "requests_failed": 0,
                          "sessions": 0, "session_errors": 0, "rejected_tensors": 0, "dropped_frames": 0,
-                         "refused_by_peers": 0}
+                         "refused_by_peers": 0, "frames_in_data_plane": 0}
+
+    def start_data_plane(self, host: str) -> int:
+        """Listen for peers' frames on a plain TCP port of ``host`` (its port, 0 when off); see :mod:`transport`."""
+        if self.data_plane == "tcp" and self.data_server is None:
+            self.data_server = DataPlaneServer(host, self._serve_data)
+        return self.data_server.port if self.data_server is not None else 0
 
     # -- RPCs ------------------------------------------------------------------------------
     def Load(self, request, context):
@@ -213,20 +227,84 @@ class Shard(pb_grpc.ShardServicer):
                     meta, array = frame, None
                 self.deliver(meta, array)
             except TensorError as err:
-                self.counters["rejected_tensors"] += 1
-                rid, src = first.request_id[:MAX_REQUEST_ID_CHARS], first.src_rank
+                rid = first.request_id[:MAX_REQUEST_ID_CHARS]
                 head = None
                 asm.reset()
                 if frame.HasField("tensor") and frame.tensor.n_chunks > 1:
                     skipping = rid
-                what = "a tensor" if first.HasField("tensor") else f"a {_kind_name(first.kind)} frame"
-                message = self._where() + f": rejected {what} from rank {src} (request {rid}): {err}"
-                self.fail_request(rid, message)
-                if rid not in told:
-                    told[rid] = True
-                    while len(told) > 64:
-                        told.popitem(last=False)
-                    yield pb.Ack(request_id=rid, error=message)
+                ack = self._refuse(first, err, told)
+                if ack is not None:
+                    yield ack
+
+    def _refuse(self, first, err: TensorError, told: OrderedDict) -> pb.Ack | None:
+        """Fail the request of a refused frame here and at the head; the Ack for its sender (one per request)."""
+        self.counters["rejected_tensors"] += 1
+        rid, src = first.request_id[:MAX_REQUEST_ID_CHARS], first.src_rank
+        what = "a tensor" if first.HasField("tensor") else f"a {_kind_name(first.kind)} frame"
+        message = self._where() + f": rejected {what} from rank {src} (request {rid}): {err}"
+        self.fail_request(rid, message)
+        if rid in told:
+            return None
+        told[rid] = True
+        while len(told) > 64:
+            told.popitem(last=False)
+        return pb.Ack(request_id=rid, error=message)
+
+    def _serve_data(self, conn, peer) -> None:
+        """Take one peer's frames from the data plane; answer a refused one on the same connection."""
+        reader = Reader(conn)
+        told: OrderedDict = OrderedDict()
+        try:
+            while True:
+                body, nbytes = reader.head(FRAME_MAGIC)
+                self.counters["frames_in"] += 1
+                self.counters["frames_in_data_plane"] += 1
+                try:
+                    frame = pb.Frame.FromString(body)
+                except Exception:  # noqa: BLE001 - protobuf's DecodeError; the next header is still found
+                    frame = None
+                try:
+                    array, nbytes = self._read_tensor(frame, nbytes, reader), 0
+                except TensorError as err:
+                    reader.skip(nbytes)  # refused unread: the next message starts right after
+                    ack = self._refuse(frame if frame is not None else pb.Frame(), err, told)
+                    if ack is not None:
+                        conn.sendall(ack_bytes(ack))
+                    continue
+                self.deliver(frame, array)
+        except ProtocolError as err:
+            self.counters["rejected_tensors"] += 1
+            try:
+                conn.sendall(ack_bytes(pb.Ack(error=f"{self._where()}: closed the data-plane connection from "
+                                                   f"{peer[0]}:{peer[1]}: {err}")))
+            except OSError:
+                pass
+        except (OSError, EOFError):
+            pass  # the peer went away; its next Load dials again
+
+    def _read_tensor(self, frame, nbytes: int, reader: Reader):
+        """Check one data-plane frame and read its tensor (``nbytes`` declared) into a new array; None: none."""
+        if frame is None:
+            raise TensorError("the frame could not be parsed")
+        _check_frame(frame)
+        self._refuse_if_unloaded(frame)
+        if not frame.HasField("tensor"):
+            if nbytes:
+                raise TensorError(f"{nbytes} bytes follow a frame without a tensor")
+            return None
+        dtype, shape, size = check_header(frame.tensor, self.max_tensor_bytes)
+        if size != nbytes or frame.tensor.n_chunks > 1:
+            raise TensorError(f"a tensor of {size} bytes in one chunk was declared, but {nbytes} bytes in chunk "
+                              f"{frame.tensor.chunk} of {frame.tensor.n_chunks} follow")
+        self.budget.take(size)  # before allocating: every stream together stays within the budget
+        try:
+            buf = np.empty(size, dtype=np.uint8)
+            reader.read_into(memoryview(buf))
+        finally:
+            self.budget.release(size)
+        self.counters["bytes_in"] += size
+        frame.ClearField("tensor")
+        return buf.view(dtype).reshape(shape)
 
     def _refuse_if_unloaded(self, frame) -> None:
         """Refuse the start of a message this shard cannot use: with no model, nothing would ever answer it."""
@@ -344,7 +422,7 @@ class Shard(pb_grpc.ShardServicer):
             n = len(self.sessions)
         return pb.HealthReply(address=self.address, node=self.node, loaded=self.layout is not None,
                               rank=self.rank, sessions=n, uptime_s=time.monotonic() - self.started,
-                              pid=os.getpid())
+                              pid=os.getpid(), data_port=self.data_server.port if self.data_server else 0)
 
     def Metrics(self, request, context):
         out = dict(self.counters, node=self.node, address=self.address, rank=self.rank,
@@ -354,34 +432,35 @@ class Shard(pb_grpc.ShardServicer):
     # -- frames ----------------------------------------------------------------------------------
     def send(self, ranks, meta, array=None) -> None:
         """Send one message to each of ``ranks`` (to this shard itself without the network)."""
-        batch = None
+        message = None
         for r in ranks:
             if r == self.rank:
                 self.deliver(meta, array)
                 continue
-            if batch is None:
-                wire = pb.Frame()
-                wire.CopyFrom(meta)
-                batch = frames(wire, array)
-            self.links.get(self.layout.ranks[r]).send(batch)
+            if message is None:
+                message = Message(meta, array)  # encoded once, for every peer
+            self.links.get(self.layout.ranks[r]).send(message)
 
     def deliver(self, frame, array) -> None:
         """Route an incoming frame to the head's request queue and/or the request's session."""
         rid, kind = frame.request_id, frame.kind
-        if kind in (Kind.TOKEN, Kind.ERROR):
-            q = self.head_requests.get(rid)
-            if q is not None:
-                q.put((frame, array))
-            if kind == Kind.ERROR or self.layout is None or self.layout.stage_of(self.rank) != 0:
-                return
-        session = self._session(rid, create=kind not in (Kind.END,))
-        if session is None:
-            self.counters["dropped_frames"] += 1
+        head_q = self.head_requests.get(rid) if kind in (Kind.TOKEN, Kind.ERROR) else None
+        if kind == Kind.ERROR or (kind == Kind.TOKEN and (self.layout is None
+                                                          or self.layout.stage_of(self.rank) != 0)):
+            if head_q is not None:
+                head_q.put((frame, array))
             return
-        if kind == Kind.REDUCE:
-            session.put_piece(frame, array)
-        else:
-            session.put(frame, array)
+        try:
+            session = self._session(rid, create=kind not in (Kind.END,))
+            if session is None:
+                self.counters["dropped_frames"] += 1
+            elif kind == Kind.REDUCE:
+                session.put_piece(frame, array)
+            else:
+                session.put(frame, array)  # a token's next pass first, then the head streams it to the client
+        finally:
+            if head_q is not None:
+                head_q.put((frame, array))
 
     def _session(self, rid: str, create: bool) -> Session | None:
         with self._lock:
@@ -427,6 +506,8 @@ class Shard(pb_grpc.ShardServicer):
             running = self._loader
         if running is not None:
             running.stop("the shard is shutting down", grpc.StatusCode.UNAVAILABLE)
+        if self.data_server is not None:
+            self.data_server.close()
         self.links.close()
 
 
@@ -526,12 +607,29 @@ class Loader:
 
 # -- the process ------------------------------------------------------------------------------
 def die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this process when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    """SIGTERM this process when the process that started it exits.
+
+    Not PR_SET_PDEATHSIG: that fires when the *thread* that started the child exits, and a spare shard is
+    started on whichever thread noticed the loss (a request's, which ends with its request). A pidfd of the
+    parent becomes readable when the parent exits; where there is none (Linux < 5.3), getppid() is polled.
+    """
+    ppid = os.getppid()
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except OSError:
-        pass
+        fd = os.pidfd_open(ppid)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch():
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while os.getppid() == ppid:
+                time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != ppid:  # it exited before the watch began
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -554,8 +652,11 @@ def check_bindable(host: str, port: int) -> None:
 
 
 def serve(bind: str, node: str = "", *, step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
-          max_tensor_bytes: int = MAX_TENSOR_BYTES, workers: int = 64):
-    """Start a shard server on ``bind``; return ``(server, shard, address)``."""
+          max_tensor_bytes: int = MAX_TENSOR_BYTES, workers: int = 64, data_plane: str | None = None):
+    """Start a shard server on ``bind`` and its data plane beside it; return ``(server, shard, address)``.
+
+    ``data_plane``: "tcp" (default, or ``$MESHEMU_DATA_PLANE``) or "grpc" (frames on ``Exchange`` only).
+    """
     if not 0 < step_timeout_s <= MAX_STEP_TIMEOUT_S:
         raise InputError(f"--step-timeout must be a positive number of seconds, at most {MAX_STEP_TIMEOUT_S:g}, "
                          f"got {step_timeout_s}")
@@ -571,7 +672,12 @@ def serve(bind: str, node: str = "", *, step_timeout_s: float = DEFAULT_STEP_TIM
     if not bound:
         raise InputError(f"cannot listen on {host}:{port}")
     address = f"{host}:{bound}"
-    shard = Shard(address, node, max_tensor_bytes=max_tensor_bytes, step_timeout_s=step_timeout_s)
+    shard = Shard(address, node, max_tensor_bytes=max_tensor_bytes, step_timeout_s=step_timeout_s,
+                  data_plane=data_plane)
+    try:
+        shard.start_data_plane(host)
+    except OSError as err:
+        raise InputError(f"cannot listen for the data plane on {host}: {err.strerror}") from None
     pb_grpc.add_ShardServicer_to_server(shard, server)
     server.start()
     return server, shard, address
@@ -585,13 +691,17 @@ def main(argv=None) -> int:
                         help="longest wait for a peer (default %(default)s s)")
     parser.add_argument("--max-tensor-mb", type=float, default=MAX_TENSOR_BYTES / 2**20, metavar="MB",
                         help="largest tensor accepted (default %(default)s MiB)")
+    parser.add_argument("--data-plane", choices=("tcp", "grpc"), default=None,
+                        help="how frames between shards travel: tcp (a data plane beside gRPC, the default; "
+                             "$MESHEMU_DATA_PLANE) or grpc (Exchange streams only)")
     args = parser.parse_args(argv)
     die_with_parent()
     try:
         if not math.isfinite(args.max_tensor_mb):
             raise InputError(f"--max-tensor-mb must be a finite number of MiB, got {args.max_tensor_mb}")
         server, shard, address = serve(args.bind, args.node, step_timeout_s=args.step_timeout,
-                                       max_tensor_bytes=int(args.max_tensor_mb * 2**20))
+                                       max_tensor_bytes=int(args.max_tensor_mb * 2**20),
+                                       data_plane=args.data_plane)
     except MeshemuError as err:
         print(f"meshemu-shard: error: {err}", file=sys.stderr, flush=True)
         return 2
