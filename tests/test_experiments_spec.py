@@ -76,3 +76,78 @@ class TestSweeps:
         assert [(r.parallelism.tp, r.parallelism.pp, r.parallelism.allreduce) for r in runs] == [
             (2, 1, "direct"), (1, 2, "ring")]
         assert runs[0].name == "s-tp2-pp1-direct"
+
+
+class TestSweepsOverSeveralFields:
+    def test_each_value_sets_every_field(self, tmp_path):
+        spec = load_experiment(write(tmp_path, "name: s\nsweep:\n  field: [constellation, parallelism.tp]\n"
+                                               "  values: [[demo, 2], [compute-12, 1]]\n"))
+        runs = expand(spec)
+        assert [(r.name, r.constellation, r.parallelism.tp) for r in runs] == [
+            ("s-demo-tp2", "demo", 2), ("s-compute-12-tp1", "compute-12", 1)]
+
+    def test_names_replace_the_labels(self, tmp_path):
+        spec = load_experiment(write(tmp_path, "name: s\nsweep:\n  field: [constellation, placement]\n"
+                                               "  values: [[demo, 'list:p00s00'], [demo, plane]]\n"
+                                               "  names: [one, two]\n"))
+        assert [r.name for r in expand(spec)] == ["s-one", "s-two"]
+
+    def test_a_value_of_the_wrong_length_names_the_value(self, tmp_path):
+        path = write(tmp_path, "name: s\nsweep:\n  field: [constellation, parallelism.tp]\n  values: [[demo]]\n")
+        with pytest.raises(InputError, match=r"sweep\.values\[0\]: .*lists of 2, one per field"):
+            load_experiment(path)
+
+    def test_names_must_match_the_values(self, tmp_path):
+        path = write(tmp_path, "name: s\nsweep: {field: placement, values: [plane, spread], names: [a]}\n")
+        with pytest.raises(InputError, match="1 names for 2 values"):
+            load_experiment(path)
+
+    def test_a_field_named_twice_is_refused(self, tmp_path):
+        path = write(tmp_path, "name: s\nsweep: {field: [placement, placement], values: [[plane, spread]]}\n")
+        with pytest.raises(InputError, match="name each swept field once"):
+            load_experiment(path)
+
+    def test_an_unknown_field_among_several(self, tmp_path):
+        path = write(tmp_path, "name: s\nsweep: {field: [placement, nope], values: [[plane, 1]]}\n")
+        with pytest.raises(InputError, match="cannot sweep 'nope'"):
+            load_experiment(path)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return expand(load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "formation-vs-starlink.yaml"))
+
+
+class TestFormationVsStarlink:
+    """The shipped experiment where TP should win: TP 8 inside the formation, PP 8 across Starlink shell 1."""
+
+    def test_tp_8_in_the_formation_and_pp_8_across_starlink(self, runs):
+        got = {r.name.removeprefix("formation-vs-starlink-"): (r.constellation, r.parallelism.tp, r.parallelism.pp)
+               for r in runs}
+        assert got == {"formation-tp8-direct": ("formation-81", 8, 1), "formation-tp8-ring": ("formation-81", 8, 1),
+                       "formation-pp8": ("formation-81", 1, 8), "starlink-pp8": ("starlink-shell1", 1, 8)}
+        for r in runs:
+            assert (r.model.source, r.model.compute, r.ground_station) == ("preset:qwen3-32b", "device:h100", "London")
+            assert r.workload.requests * r.workload.max_new_tokens <= 16  # few tokens: shell 1 is 1,684 nodes
+
+    def test_the_formations_ranks_form_a_ring_of_grid_neighbours(self, runs):
+        from meshemu.constellation import load_constellation
+
+        c = load_constellation("formation-81")
+        links = {tuple(p) for p in c.isl_pairs.tolist()}
+        for r in runs:
+            if r.constellation != "formation-81":
+                continue
+            ranks = [c.satellite_names.index(f"cluster-p{n[1:3]}-s{n[4:6]}") for n in r.placement[5:].split(",")]
+            assert len(ranks) == 8
+            ring = zip(ranks, ranks[1:] + ranks[:1])
+            assert all((min(a, b), max(a, b)) in links for a, b in ring)
+
+    def test_a_pass_of_the_formation_over_london_covers_the_window(self, runs):
+        from meshemu.experiments.plan import build_series
+
+        formation = next(r for r in runs if r.constellation == "formation-81")
+        series = build_series(formation)
+        london = series.short_index("London")
+        gsl = series.links[:, 1] == london
+        assert series.up[:, gsl].any(axis=1).all()  # the client sees the cluster at every step

@@ -69,6 +69,12 @@ def _emulation_args(p):
     g.add_argument("--loss", type=float_in(0, 1), default=0.0, metavar="P",
                    help="per-link loss probability, 0 to 1 (netem; default 0)")
     g.add_argument("--prefix", type=namespace_prefix, default="meshemu", help="namespace prefix (meshemu)")
+    g.add_argument("--routes", default="auto", choices=("auto", "all", "destinations"),
+                   help="routes every node to every other (all), or only towards the ground stations, probed "
+                        "nodes and --reach nodes (destinations; more are added when the Mininet CLI names "
+                        "them); auto: all up to 400 nodes (auto)")
+    g.add_argument("--reach", action="append", default=[], metavar="NODE",
+                   help="also route towards NODE from the start (repeatable; with --routes destinations)")
 
 
 def _shaping(args):
@@ -80,12 +86,24 @@ def _shaping(args):
     return shaping
 
 
-def _emulation(args, series):
+def _emulation(args, series, watch=()):
+    """The emulation the arguments ask for; ``watch``: node ids that exchange traffic (probed pairs)."""
     from meshemu.emulation.emulation import Emulation
+    from meshemu.routing import ForwardingStates
 
     if args.time_scale <= 0:
         raise InputError(f"--time-scale must be positive, got {args.time_scale}")
-    return Emulation(series, shaper=args.shaper, prefix=args.prefix, shaping=_shaping(args))
+    routes = ForwardingStates(series, watch=watch, mode=args.routes)
+    routes.route_to([_node_id(series, name) for name in args.reach])
+    return Emulation(series, shaper=args.shaper, prefix=args.prefix, shaping=_shaping(args), routes=routes)
+
+
+def _node_id(series, name) -> int:
+    """A node's id from its short name (``p03s12``, ``NewYork``), its full name or its id."""
+    try:
+        return series.short_index(name)
+    except InputError:
+        return series.node_index(name)
 
 
 def _fault(text: str):
@@ -144,9 +162,7 @@ def run_emulate(args) -> int:
             follow(rec)  # the live view's hook: every applied step, in the player's thread
 
         if args.cli:
-            from mininet.cli import CLI
-
-            from meshemu.emulation.nodes import mininet_net
+            from meshemu.emulation.nodes import ReachingCLI, mininet_net
 
             report = {}
             thread = threading.Thread(target=lambda: report.setdefault("r", player.play(0, series.n_steps,
@@ -156,7 +172,7 @@ def run_emulate(args) -> int:
             print(f"meshemu: Mininet CLI; hosts are {emu.plan.node_names[0]} .. {emu.plan.node_names[-1]} "
                   "(e.g. 'Paris ping -U -c3 Tokyo'); the constellation moves meanwhile", file=sys.stderr)
             try:
-                CLI(mininet_net(emu))
+                ReachingCLI(mininet_net(emu), emu)
             finally:
                 player.stop()
                 thread.join()
@@ -188,6 +204,8 @@ def _write_run(out: Path, args, emu, records, summary) -> None:
         raise InputError(f"cannot write: {err.strerror or err}", file=out / "steps.csv") from None
     meta = {"capabilities": emu.capabilities.as_dict() if emu.capabilities else None, "shaper": emu.backend,
             "constellation": emu.series.constellation, "nodes": len(emu.plan.node_names),
+            "routes": {"mode": emu.routes.mode, "destinations": len(emu.destinations),
+                       "installed": emu.routes_installed()},
             "links": len(emu.plan.links), "build_s": getattr(emu, "build_s", None), "summary": summary,
             "arguments": {k: v for k, v in vars(args).items() if k != "run"}}
     try:
@@ -211,8 +229,10 @@ def run_probe(args) -> int:
         scenario.node(a), scenario.node(b)  # unknown names fail before anything is built
     series = compute_series(scenario)
     probes, checks = [], []
-    with _emulation(args, series) as emu:
-        pairs = [(series.node_index(a), series.node_index(b)) for a, b in pairs_named] or default_pairs(emu)
+    named = [(series.node_index(a), series.node_index(b)) for a, b in pairs_named]
+    with _emulation(args, series, watch=[v for p in named for v in p]) as emu:
+        pairs = named or default_pairs(emu)
+        emu.routes.watch(v for p in pairs for v in p)  # the default pairs are stations: destinations already
         if not pairs:
             raise InputError("no node pair has a path at the first step: name one with --pair SRC DST")
         names = ", ".join(f"{emu.plan.node_names[a]}-{emu.plan.node_names[b]}" for a, b in pairs)
@@ -263,6 +283,8 @@ def run_bench_emulate(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    import numpy as np
+
     from meshemu.emulation.player import Player
 
     _check_root()
@@ -271,40 +293,114 @@ def run_bench_emulate(args) -> int:
         args.constellation = args.constellation_default
     scenario = load_scenario(args)
     series = compute_series(scenario)
-    avail_before = _mem_available_mb()
+    before = _meminfo_kb()
     emu = _emulation(args, series)
+    cgroup = _MemoryCgroup.enter()  # what the mesh costs, charged to a cgroup of its own
     t0 = time.perf_counter()
     try:
         emu.start()
         backend = emu.backend
         t1 = time.perf_counter()
-        used_mb = avail_before - _mem_available_mb()
-        routes = int((emu.state(0)[0] != -1).sum())
+        up = _meminfo_kb()
+        rss_kb = _rss_kb("self") + (_rss_kb(emu._backend.line.pid) if backend == "delayline" else 0)
+        routes = emu.routes_installed()
         # as fast as it goes, every step: the apply time alone
         report = Player(emu, time_scale=1e9, catch_up="replay").play(0, series.n_steps)
+        routes_after = emu.routes_installed()
     finally:
         t2 = time.perf_counter()
         emu.stop()
         t3 = time.perf_counter()
+        peak_kb = cgroup.leave() if cgroup else None
     s = report.summary()
-    table = Table(title=f"bench emulate: {series.constellation}, {len(emu.plan.node_names)} nodes, "
-                        f"{len(emu.plan.links)} links, shaper {backend}")
+    nodes = len(emu.plan.node_names)
+    used_kb = before["MemAvailable"] - up["MemAvailable"]
+    kernel_kb = sum(up[k] - before[k] for k in ("SUnreclaim", "Percpu", "KernelStack", "PageTables"))
+    pass_ms = np.array(emu.prepare_s or [np.nan]) * 1e3
+    what = "every node" if emu.routes.mode == "all" else f"{len(emu.destinations)} destinations"
+    table = Table(title=f"bench emulate: {series.constellation}, {nodes} nodes, "
+                        f"{len(emu.plan.links)} links, shaper {backend}, routes {emu.routes.mode}")
     table.add_column("what")
     table.add_column("figure")
-    table.add_row("up: namespaces, links, addresses, shaping, routes", f"{t1 - t0:.1f} s ({routes} routes)")
+    table.add_row("up: namespaces, links, addresses, shaping, routes", f"{t1 - t0:.1f} s")
+    table.add_row("  of which", ", ".join(f"{k} {v:.1f} s" for k, v in emu.mesh.phases_s.items()))
     table.add_row("down", f"{t3 - t2:.1f} s")
-    table.add_row("memory (MemAvailable drop while up)", f"{used_mb:.0f} MB")
+    table.add_row(f"routes installed (towards {what})",
+                  f"{routes:,} at the start, {routes_after:,} at the end ({routes / nodes:,.0f} per node)")
+    if peak_kb is not None:
+        user_kb, kmem_kb = peak_kb
+        table.add_row("memory: peak of this run's own memory cgroup (processes + kernel memory charged to it)",
+                      f"{user_kb / 1024:.0f} MB, {user_kb / nodes:.0f} kB per node (kernel: {kmem_kb / 1024:.0f} MB, "
+                      f"{kmem_kb / nodes:.0f} kB per node)")
+    table.add_row("memory (MemAvailable drop while up; moved by anything else running)",
+                  f"{used_kb / 1024:.0f} MB, {used_kb / nodes:.0f} kB per node")
+    table.add_row("of it kernel, unreclaimable (SUnreclaim + Percpu + KernelStack + PageTables)",
+                  f"{kernel_kb / 1024:.0f} MB, {kernel_kb / nodes:.0f} kB per node")
+    table.add_row("of it meshemu's processes (resident: this one" + (" + the delay line)" if backend == "delayline"
+                                                                     else ")"),
+                  f"{rss_kb / 1024:.0f} MB, {rss_kb / nodes:.0f} kB per node")
     table.add_row(f"apply per step ({s['steps'] - 1} steps of {args.step:g} s)",
                   f"p50 {s['apply_p50_ms']:.1f} ms, p99 {s['apply_p99_ms']:.1f} ms, max {s['apply_max_ms']:.1f} ms")
+    table.add_row("routing pass per step (ahead of the apply)",
+                  f"p50 {np.nanpercentile(pass_ms, 50):.0f} ms, max {np.nanmax(pass_ms):.0f} ms")
     table.add_row("changes applied", f"{s['link_changes']} link states, {s['route_changes']} routes, "
-                                      f"{s['delay_changes']} delays ({'node pairs' if backend == 'delayline' else 'qdiscs'})")
+                                      f"{s['delay_changes']} delays "
+                                      f"({'matrix entries' if backend == 'delayline' else 'qdiscs'})")
     Console().print(table)
     return 0
 
 
-def _mem_available_mb() -> float:
+class _MemoryCgroup:
+    """A memory cgroup (v1) of this process's own, made at the start of the bench and removed at the end.
+
+    Kernel memory a process's namespaces, devices and routes take is charged to its cgroup, so the peak
+    counts the mesh whatever else the host runs (MemAvailable moves with every other job).
+    """
+
+    def __init__(self, path: Path, home: Path):
+        self.path, self.home = path, home
+
+    @classmethod
+    def enter(cls):
+        import os
+
+        try:
+            rel = next(line.split(":", 2)[2].strip() for line in open("/proc/self/cgroup")
+                       if line.split(":", 2)[1] == "memory")
+            home = Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
+            path = home / f"meshemu-bench-{os.getpid()}"
+            path.mkdir()
+            (path / "cgroup.procs").write_text(str(os.getpid()))
+            return cls(path, home)
+        except (OSError, StopIteration, IndexError):
+            return None  # no cgroup v1 memory controller here: the MemAvailable figure stands alone
+
+    def leave(self) -> tuple[int, int] | None:
+        import os
+
+        try:
+            peak = int((self.path / "memory.max_usage_in_bytes").read_text()) // 1024
+            kmem = self.path / "memory.kmem.max_usage_in_bytes"
+            kmem_kb = int(kmem.read_text()) // 1024 if kmem.exists() else 0
+            (self.home / "cgroup.procs").write_text(str(os.getpid()))
+            self.path.rmdir()  # its charges move to the parent
+            return peak, kmem_kb
+        except OSError:
+            return None
+
+
+def _meminfo_kb() -> dict:
+    out = {}
     with open("/proc/meminfo") as f:
         for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            key, value = line.split(":", 1)
+            out[key] = int(value.split()[0])
+    return out
+
+
+def _rss_kb(pid) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0

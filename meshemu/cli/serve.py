@@ -310,22 +310,11 @@ def run_bench(args) -> int:
     return 0
 
 
-def _messages_per_token(t: int, p: int, algo: str, layers: list) -> int:
-    """All-reduce messages on one rank's critical path per decode token: 2 all-reduces a layer.
-
-    >>> _messages_per_token(3, 1, "ring", [30]), _messages_per_token(3, 1, "direct", [30]), _messages_per_token(1, 2, "ring", [15, 15])
-    (240, 120, 0)
-    """
-    if t == 1:
-        return 0
-    per_allreduce = 2 * (t - 1) if algo == "ring" else t - 1
-    return sum(2 * n * per_allreduce for n in layers)
-
-
 def _run_bench(args, plane: str) -> None:
     from meshemu.serving.client import ServingClient
     from meshemu.serving.launch import ShardProcesses, start_loopback
     from meshemu.serving.metrics import JsonLines
+    from meshemu.serving.predict import allreduce_messages_per_token
     from meshemu.serving.report import RunContext, analyse
 
     layouts = _layouts(args.layouts)
@@ -387,7 +376,7 @@ def _run_bench(args, plane: str) -> None:
             row, *_ = analyse(rec, ctx)
             # the floor beside every result: the measured cost of one message (the hop above), and for TP what
             # one all-reduce message cost in this layout (collective time over the messages on the critical path)
-            n_msg = _messages_per_token(t, p, algo, layers)
+            n_msg = allreduce_messages_per_token(t, algo, layers)
             per_msg_s = row["collective_s_per_token"] / n_msg if n_msg else None
             row.update(kind="bench_layout", tp=t, pp=p, allreduce=algo, data_plane=plane, floor_s=overhead_s,
                        collective_s_per_message=per_msg_s)

@@ -11,6 +11,7 @@ from meshemu.constellation.constellation import (
     load_constellation,
     read_isl_pairs,
 )
+from meshemu.constellation.formation import Formation
 from meshemu.constellation.ground import (
     GroundStation,
     default_ground_stations,
@@ -22,7 +23,8 @@ from meshemu.constellation.shell import Shell
 from meshemu.constellation.tle import Tle, parse_tles, read_tles
 
 __all__ = [
-    "Constellation", "ConstellationSpec", "GroundStation", "GslRules", "IslRules", "Shell", "TimeGrid", "Tle",
+    "Constellation", "ConstellationSpec", "Formation", "GroundStation", "GslRules", "IslRules", "Shell", "TimeGrid",
+    "Tle",
     "available_constellations", "default_ground_stations", "from_shells", "from_tle_file", "ground_positions_m",
     "load_constellation", "parse_tles", "propagate_itrs_m", "read_ground_stations", "read_isl_pairs", "read_tles",
 ]

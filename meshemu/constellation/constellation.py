@@ -2,8 +2,9 @@
 
 Sources:
 
-* a YAML file under ``topologies/`` (or any path) describing Walker shells, or
-  pointing at a TLE file (``tle_file:``);
+* a YAML file under ``topologies/`` (or any path) describing Walker shells
+  and formations (:mod:`meshemu.constellation.formation`), or pointing at a TLE
+  file (``tle_file:``);
 * a TLE file directly (2-line, 3-line or Hypatia's ``tles.txt``), optionally
   with an explicit ISL list (Hypatia's ``isls.txt``).
 
@@ -24,12 +25,21 @@ from typing import Literal
 import numpy as np
 
 from meshemu.config import check_name, from_mapping, load_yaml, read_text
+from meshemu.constellation.formation import (Formation, PlacedFormation, grid_pairs, member_positions_m,
+                                             reference_satrec)
 from meshemu.constellation.grid import infer_grid, plus_grid_pairs
-from meshemu.constellation.propagate import parse_utc
+from meshemu.constellation.propagate import (TimeGrid, parse_utc, propagate_itrs_m, propagate_teme_m,
+                                             teme_to_itrs_m)
 from meshemu.constellation.shell import BYTES_PER_SATELLITE, Shell, walker_satellites
 from meshemu.resources import memory_problem
 from meshemu.constellation.tle import read_tles
 from meshemu.errors import InputError
+
+
+def _check_rate(what: str, rate_gbps) -> None:
+    if rate_gbps is not None and not 1e-6 <= rate_gbps <= 1e4:
+        # the shapers' range: netem counts whole bytes per second, and nothing here nears 10 Tbit/s
+        raise ValueError(f"{what}.rate_gbps {rate_gbps:g} is outside [1e-6, 1e4] Gbit/s (1 kbit/s to 10 Tbit/s)")
 
 
 @dataclass(frozen=True)
@@ -41,8 +51,10 @@ class IslRules:
     max_range_km: float | None = None
     min_grazing_altitude_km: float = 80.0  # the line of sight stays this far above the surface
     max_cross_plane_latitude_deg: float | None = None  # cross-plane links down above this latitude
+    rate_gbps: float | None = None  # every ISL's rate, each direction; None: not modelled (as fast as the host)
 
     def __post_init__(self):
+        _check_rate("isl", self.rate_gbps)
         if self.max_range_km is not None and not 0 < self.max_range_km < math.inf:
             raise ValueError(f"isl.max_range_km must be a positive number of km, got {self.max_range_km}")
         if not -1000 <= self.min_grazing_altitude_km <= 40_000:
@@ -60,8 +72,10 @@ class GslRules:
     min_elevation_deg: float | None = None
     max_range_km: float | None = None
     policy: Literal["all", "nearest"] = "all"  # every visible satellite, or the nearest only
+    rate_gbps: float | None = None  # every GSL's rate, each direction; None: not modelled
 
     def __post_init__(self):
+        _check_rate("gsl", self.rate_gbps)
         if self.min_elevation_deg is not None and not -90 <= self.min_elevation_deg <= 90:
             raise ValueError(f"gsl.min_elevation_deg must be within [-90, 90], got {self.min_elevation_deg}")
         if self.max_range_km is not None and not 0 < self.max_range_km < math.inf:
@@ -83,19 +97,22 @@ class ConstellationSpec:
     description: str = ""
     epoch: str = "2026-01-01T00:00:00Z"
     shells: tuple[Shell, ...] = ()
+    formations: tuple[Formation, ...] = ()
     tle_file: str | None = None
     isl: IslRules = IslRules()
     gsl: GslRules = GslRules()
 
     def __post_init__(self):
         check_name(self.name, "name")
-        names = [s.name for s in self.shells]
+        names = [s.name for s in self.shells + self.formations]
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup is not None:
             # satellite names are '<shell>-pPP-sSS': two shells of one name would share node names
-            raise ValueError(f"shells: two are named {dup!r}: give each shell its own name")
-        sizes = sum(s.size for s in self.shells)
-        problem = memory_problem(sizes * BYTES_PER_SATELLITE, f"{len(self.shells)} shells of {sizes:,} satellites",
+            raise ValueError(f"shells: two are named {dup!r}: give each shell its own name"
+                             + (" (a formation counts as a shell)" if self.formations else ""))
+        sizes = sum(s.size for s in self.shells + self.formations)
+        problem = memory_problem(sizes * BYTES_PER_SATELLITE,
+                                 f"{len(self.shells) + len(self.formations)} shells of {sizes:,} satellites",
                                  "give fewer or smaller shells")
         if problem:
             raise ValueError(problem)
@@ -120,6 +137,7 @@ class Constellation:
     slot: np.ndarray = field(default=None, repr=False)
     description: str = ""
     shell: np.ndarray = field(default=None, repr=False)  # which shell (0 for TLE files)
+    formations: tuple[PlacedFormation, ...] = ()  # members fly CW offsets about their reference's SGP4 orbit
 
     @property
     def places(self) -> np.ndarray:
@@ -133,6 +151,22 @@ class Constellation:
     @property
     def size(self) -> int:
         return len(self.satrecs)
+
+    def positions_itrs_m(self, grid: TimeGrid) -> np.ndarray:
+        """Every satellite's Earth-fixed position at every step of ``grid``, (time, satellite, 3) metres.
+
+        Walker and TLE satellites are SGP4's; a formation's members are their
+        reference's SGP4 position plus their CW offset (see :mod:`meshemu.constellation.formation`).
+        """
+        if not self.formations:
+            return propagate_itrs_m(self.satrecs, grid, self.satellite_names)
+        r_m, v_m_per_s = propagate_teme_m(self.satrecs, grid, self.satellite_names)
+        for placed in self.formations:
+            # every member carries the reference's element set: the first one's propagation is the reference's
+            t_s = (grid.epoch_utc - placed.epoch_utc).total_seconds() + np.asarray(grid.offsets_s)
+            r_m[:, placed.members] = member_positions_m(placed.formation, r_m[:, placed.first],
+                                                        v_m_per_s[:, placed.first], t_s)
+        return teme_to_itrs_m(r_m, grid)
 
     def with_rules(self, *, isl: IslRules | None = None, gsl: GslRules | None = None) -> "Constellation":
         return replace(self, isl=isl or self.isl, gsl=gsl or self.gsl)
@@ -163,20 +197,25 @@ def load_constellation(name_or_path) -> Constellation:
         path = candidate
     spec = from_mapping(ConstellationSpec, load_yaml(path), file=path)
     epoch = _epoch(spec.epoch, path)
-    if spec.tle_file and spec.shells:
-        raise InputError("give either shells or tle_file, not both", file=path)
+    if spec.tle_file and (spec.shells or spec.formations):
+        raise InputError("give either shells and formations, or tle_file, not both", file=path)
     if spec.tle_file:
         c = from_tle_file((path.parent / spec.tle_file).resolve(), isl=spec.isl, gsl=spec.gsl)
         return replace(c, name=spec.name, description=spec.description)
-    if not spec.shells:
-        raise InputError("the constellation is empty: give at least one shell (or a tle_file)",
+    if not spec.shells and not spec.formations:
+        raise InputError("the constellation is empty: give at least one shell or formation (or a tle_file)",
                          file=path, field="shells")
-    return from_shells(spec.name, spec.shells, epoch, spec.isl, spec.gsl, spec.description)
+    return from_shells(spec.name, spec.shells, epoch, spec.isl, spec.gsl, spec.description, spec.formations)
 
 
 def from_shells(name, shells, epoch_utc: datetime, isl: IslRules = IslRules(), gsl: GslRules = GslRules(),
-                description: str = "") -> Constellation:
-    """Walker shells to a constellation; satellites numbered shell by shell, plane-major."""
+                description: str = "", formations=()) -> Constellation:
+    """Walker shells, then formations, to a constellation; satellites numbered shell by shell, plane-major.
+
+    A formation counts as a shell whose planes are its rows and whose slots are
+    its columns; its ISLs (``isl.pattern: plus-grid``) link grid neighbours, with no wrap-around, under the
+    same ``isl`` rules (a ``max_cross_plane_latitude_deg`` would cut the links between its rows).
+    """
     epoch_jd = _julian_date(epoch_utc)
     names, satrecs, planes, slots, pairs, offset = [], [], [], [], [], 0
     shell_of = []
@@ -192,9 +231,23 @@ def from_shells(name, shells, epoch_utc: datetime, isl: IslRules = IslRules(), g
             pairs.append(offset + plus_grid_pairs(shell.planes, shell.sats_per_plane,
                                                   cross_seam=seam_cross, seam_shift=shell.phasing))
         offset += shell.size
+    placed = []
+    for index, formation in enumerate(formations, start=len(shells)):
+        shell_of.append(np.full(formation.size, index))
+        reference = reference_satrec(formation, epoch_jd, satnum=offset + 1)
+        satrecs += [reference] * formation.size  # one element set: the members' positions are offsets from it
+        p, s = np.divmod(np.arange(formation.size), formation.columns)
+        planes.append(p)
+        slots.append(s)
+        names += [f"{formation.name}-p{i:02d}-s{j:02d}" for i, j in zip(p, s)]
+        if isl.pattern == "plus-grid":
+            pairs.append(offset + grid_pairs(formation.rows, formation.columns))
+        placed.append(PlacedFormation(offset, formation, epoch_utc))
+        offset += formation.size
     isl_pairs = np.concatenate(pairs).astype(np.int32) if pairs else _no_pairs()
     return Constellation(name, epoch_utc, tuple(names), tuple(satrecs), isl_pairs, isl, gsl,
-                         np.concatenate(planes), np.concatenate(slots), description, np.concatenate(shell_of))
+                         np.concatenate(planes), np.concatenate(slots), description, np.concatenate(shell_of),
+                         tuple(placed))
 
 
 def from_tle_file(path, *, isls_path=None, n_planes=None, sats_per_plane=None,

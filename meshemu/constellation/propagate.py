@@ -148,20 +148,24 @@ def check_window(satrecs, grid: TimeGrid) -> None:
                          "near the constellation's", field="epoch")
 
 
-def propagate_itrs_m(satrecs, grid: TimeGrid, names=None) -> np.ndarray:
-    """Earth-fixed positions in metres, shaped (time, satellite, 3)."""
+def propagate_teme_m(satrecs, grid: TimeGrid, names=None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (m) and velocities (m/s) in SGP4's quasi-inertial TEME frame, each (time, satellite, 3)."""
     if len(satrecs) == 0:
         raise InputError("the constellation has no satellites", field="satellites")
     check_window(satrecs, grid)
     whole, fraction = grid.julian_utc()
-    errors, r_km, _ = SatrecArray(list(satrecs)).sgp4(whole, fraction)  # (S, T), (S, T, 3)
+    errors, r_km, v_km_s = SatrecArray(list(satrecs)).sgp4(whole, fraction)  # (S, T), (S, T, 3), (S, T, 3)
     if errors.any() or not np.isfinite(r_km).all():
         s, k = np.argwhere(errors | ~np.isfinite(r_km).all(axis=-1))[0]
         who = names[s] if names is not None else f"satellite {s}"
         why = sgp4_error_text(satrecs[s], errors[s, k]) if errors[s, k] else "no finite position"
         raise MeshemuError(f"SGP4 cannot propagate {who} at t = {grid.offsets_s[k]:g} s: {why}; "
                            "end the window earlier or check the elements")
-    r_m = np.transpose(r_km, (1, 0, 2)) * 1e3  # (T, S, 3) TEME
+    return np.transpose(r_km, (1, 0, 2)) * 1e3, np.transpose(v_km_s, (1, 0, 2)) * 1e3  # (T, S, 3)
+
+
+def teme_to_itrs_m(r_m: np.ndarray, grid: TimeGrid) -> np.ndarray:
+    """TEME positions (time, satellite, 3) turned into the Earth-fixed frame by Greenwich mean sidereal time."""
     theta = grid.earth_rotation_rad()[:, None]  # (T, 1)
     c, s = np.cos(theta), np.sin(theta)
     x, y = r_m[..., 0], r_m[..., 1]
@@ -170,3 +174,9 @@ def propagate_itrs_m(satrecs, grid: TimeGrid, names=None) -> np.ndarray:
     out[..., 1] = -s * x + c * y
     out[..., 2] = r_m[..., 2]
     return out
+
+
+def propagate_itrs_m(satrecs, grid: TimeGrid, names=None) -> np.ndarray:
+    """Earth-fixed positions in metres, shaped (time, satellite, 3)."""
+    r_m, _ = propagate_teme_m(satrecs, grid, names)
+    return teme_to_itrs_m(r_m, grid)

@@ -26,6 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from meshemu.deployment.failover import Failover
 from meshemu.deployment.faults import FaultSchedule
 from meshemu.deployment.plan import MeshRun
@@ -97,7 +99,8 @@ class Deployment:
         return {"backend": self.backend, "capabilities": self.capabilities, "placement": self.run.placement,
                 "rank_nodes": list(self.rank_nodes), "client": self.client_node, "addresses": self.addresses,
                 "shaping": {"shaper": self.run.shaper, "rate_bps": self.run.shaping.rate_bps,
-                            "loss": self.run.shaping.loss},
+                            "loss": self.run.shaping.loss, "link_rates": link_rates(self.series, self.backend,
+                                                                                     self.run.shaping.rate_bps)},
                 "time_scale": self.run.time_scale, "clock": self.clock_origin, "player": self.player_summary(),
                 "routing": self.routes.summary(), "load": self.load_replies(), "shard_start_s": self.shard_start_s,
                 "single_shard_start_s": self.single_shard_start_s,
@@ -119,6 +122,19 @@ class Deployment:
     def connect_load_s(self) -> float:
         """What connecting to every shard and loading the plan took the client at the start."""
         return next((e["connect_load_s"] for e in self.events if e["event"] == "loaded"), 0.0)
+
+
+def link_rates(series, backend: str, rate_bps: float | None) -> dict:
+    """The series' link rates (ISLs and GSLs: fewest and most bit/s, links that have one) and whether the
+    backend paces them: netem does (unless ``--rate-mbps`` replaced them); the delay line and none do not."""
+    rates = series.link_rates_bps()
+    out = {}
+    for kind, mine in (("isl", ~series.is_gsl), ("gsl", series.is_gsl)):
+        given = rates[mine & np.isfinite(rates)]
+        out[kind] = ({"min_bps": float(given.min()), "max_bps": float(given.max()), "links": int(len(given))}
+                     if len(given) else None)
+    out["paced"] = bool(backend == "netem" and rate_bps is None and np.isfinite(rates).any())
+    return out
 
 
 def emulation_of(series, run: MeshRun, routes: ForwardingStates | None = None, log=None) -> Emulation:

@@ -46,6 +46,7 @@ class Failover:
         """Start a shard on each of ``nodes`` at once (main thread); their addresses."""
         t0 = time.monotonic()
         ids = [self.emu.plan.node(n) for n in nodes]
+        self.emu.reach(*ids)  # a spare the routes did not lead to yet: now they do (and the client's answers)
         first = len(self.procs.procs)
         addrs = self.procs.start_shards([f"{self.emu.plan.addresses[i]}:0" for i in ids], nodes=list(nodes),
                                         prefixes=[self.emu.command_prefix(i) for i in ids],
@@ -195,8 +196,8 @@ class Failover:
             anchor = self.rank_nodes[r - tp]
         dark = sched.dark_nodes(self.emu.step)
         taken = {series.short_index(n) for n in self.rank_nodes} | dark
-        _, length_m = self.dep.routes.state(self.emu.step)
-        dist = np.array(length_m[series.short_index(anchor), :n_sat], dtype=float)
+        dist = np.array(self.dep.routes.distances_from(self.emu.step, series.short_index(anchor))[:n_sat],
+                        dtype=float)
         dist[list(v for v in taken if v < n_sat)] = np.inf
         if not np.isfinite(dist).any():
             return None

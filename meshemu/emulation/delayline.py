@@ -15,9 +15,13 @@ the destination:
   arriving at node ``d`` (found from the queue it came through) is accepted
   at ``arrival + delay_s[s, d] - calibration``; unknown sources and
   ``s == d`` are accepted at once;
-* the player replaces the whole ``(N, N)`` delay matrix at any time through a
+* the player replaces the whole delay matrix at any time through a
   double-buffered shared-memory block (:class:`DelayMatrixWriter`), with no
-  round trip to the daemon.
+  round trip to the daemon. The matrix is ``(N, D)``: every node as a source,
+  and the ``D`` destinations (the nodes routes lead to; every node by
+  default) as columns. Only destinations have a rule and a queue; more can
+  be added while the line runs (:meth:`DelayLine.add_destinations`, one
+  round trip), up to the capacity the block was made with.
 
 Only packet metadata and the first bytes of the IPv4 header travel to
 userspace (``NFQNL_COPY_PACKET`` with a 20-byte range) and GSO super-packets
@@ -97,6 +101,8 @@ from meshemu.emulation.delayline_wire import (  # the layout and protocol number
     TRACE_ENV,
     TRACE_FIELDS,
     W_ACTIVE,
+    W_COLS,
+    W_D,
     W_MAGIC,
     W_N,
     W_SEEN_SEQ,
@@ -124,37 +130,46 @@ class DelayMatrixWriter:
         if w[W_MAGIC] != MAGIC:
             raise InputError(f"shared-memory block {name!r} is not a meshemu delay block")
         self.n = int(w[W_N])
+        self.cols = self._block.columns(self.n)
         self._mats = self._block.matrices(self.n)
         self.name = name
 
-    def write(self, delay_s: np.ndarray, *, zero_diagonal: bool = False) -> int:
-        """Install ``delay_s`` ((N, N) seconds, finite, >= 0); returns its sequence number.
+    def write(self, delay_s: np.ndarray, *, zero_diagonal: bool = False, zero_rows=None) -> int:
+        """Install ``delay_s`` ((N, D) seconds, finite, >= 0, D up to the block's columns); returns its
+        sequence number.
 
-        One copy straight into the inactive buffer and two reductions to check
-        it (~6 ms for N = 1,600 here); nothing changes if the check fails.
+        ``zero_diagonal`` zeroes entry (i, i); ``zero_rows[j]`` names the row
+        zeroed in column j (a destination's own node). One copy straight into
+        the inactive buffer and two reductions to check it (~6 ms for
+        1,600 x 1,600 here, ~1 ms for 4,508 x 100); nothing changes if the check fails.
         """
         d = np.asarray(delay_s)
-        if d.shape != (self.n, self.n):
-            raise InputError(f"delay matrix has shape {d.shape}, expected ({self.n}, {self.n})")
+        if d.ndim != 2 or d.shape[0] != self.n or not 0 < d.shape[1] <= self.cols:
+            want = f"({self.n}, {self.n})" if self.cols == self.n else f"({self.n}, 1..{self.cols})"
+            raise InputError(f"delay matrix has shape {d.shape}, expected {want}")
         w = self._block.words
         inactive = 1 - int(w[W_ACTIVE])
-        buf = self._mats[inactive]
+        buf = self._mats[inactive][:, :d.shape[1]]
         try:
             np.copyto(buf, d, casting="same_kind")
         except TypeError:
             raise InputError(f"delay matrix must hold numbers, not {d.dtype}") from None
         if zero_diagonal:
             np.fill_diagonal(buf, 0.0)
+        if zero_rows is not None:
+            buf[np.asarray(zero_rows, dtype=np.int64), np.arange(d.shape[1])] = 0.0
         lo, hi = buf.min(), buf.max()  # NaN fails both tests below
         if not (lo >= 0.0 and hi < np.inf):
             raise InputError("delay matrix must hold finite, non-negative seconds")
         w[W_ACTIVE] = inactive  # x86-64 keeps stores in order: the buffer is complete before the flip
+        w[W_D] = d.shape[1]
         seq = int(w[W_SEQ]) + 1
         w[W_SEQ] = seq
         return seq
 
     def current(self) -> np.ndarray:
-        return self._mats[int(self._block.words[W_ACTIVE])].copy()
+        w = self._block.words
+        return self._mats[int(w[W_ACTIVE])][:, :int(w[W_D]) or self.cols].copy()
 
     def close(self) -> None:
         self._mats = None
@@ -235,8 +250,9 @@ def _run_in_ns(namespace: str, argv: list[str], stdin: str | None = None) -> str
 
 @dataclass(frozen=True)
 class _Config:
-    namespaces: list
-    addresses: list
+    namespaces: list  # the destinations' (one queue each)
+    destinations: list  # their node ids (rows of the matrix)
+    addresses: list  # every node's, by node id
     queue_num: int
     shm: str
     calibration_ns: int
@@ -270,6 +286,11 @@ class DelayLine:
     down into its parts; default 0, or :data:`DEFAULT_TRACE_RECORDS` where
     the environment variable ``MESHEMU_DELAYLINE_TRACE`` names a file, which
     then receives the trace when the line stops (so any run can be traced).
+    ``destinations``: the node ids that get a queue (the caller installs the
+    rules there only); by default every node. The delay matrix is then
+    (N, len(destinations)); ``capacity`` columns are allocated (default: as
+    many as there are destinations), so :meth:`add_destinations` can add up
+    to that many in all.
 
     ``start()`` returns once every queue is bound; until :meth:`set_delays`
     is called all delays are 0.
@@ -280,7 +301,8 @@ class DelayLine:
                  spin_share: float = DEFAULT_SPIN_SHARE,
                  realtime: bool = True, keep_order: bool = True, rcvbuf: int = DEFAULT_RCVBUF,
                  queue_maxlen: int = DEFAULT_QUEUE_MAXLEN, use_kernel_timestamp: bool = True,
-                 trace_records: int | None = None, start_timeout_s: float | None = None):
+                 trace_records: int | None = None, start_timeout_s: float | None = None,
+                 destinations: Sequence[int] | None = None, capacity: int | None = None):
         namespaces, addresses = list(namespaces), list(addresses)
         if not namespaces:
             raise InputError("a delay line needs at least one namespace")
@@ -301,6 +323,10 @@ class DelayLine:
         self.spin_share = float(spin_share)
         self.namespaces, self.addresses = namespaces, addresses
         self.n = len(namespaces)
+        self.destinations = self._check_destinations(range(self.n) if destinations is None else destinations, [])
+        self.capacity = len(self.destinations) if capacity is None else int(capacity)
+        if not len(self.destinations) <= self.capacity <= self.n:
+            raise InputError(f"capacity {capacity} must be within [{len(self.destinations)}, {self.n}] destinations")
         self.queue_num = _check_queue(queue_num)
         self.calibration_s, self.spin_s = float(calibration_s), float(spin_s)
         self.realtime, self.keep_order = bool(realtime), bool(keep_order)
@@ -329,7 +355,7 @@ class DelayLine:
             if not os.path.exists(os.path.join(NETNS_RUN_DIR, ns)):
                 raise InputError(f"network namespace {ns!r} does not exist (no {NETNS_RUN_DIR}/{ns})")
         self.shm_name = f"meshemu-dl-{os.getpid()}-{os.urandom(4).hex()}"
-        _, _, _, size = layout(self.n, self.trace_records)
+        _, _, _, size = layout(self.n, self.trace_records, self.capacity)
         try:
             self._block = ShmBlock(self.shm_name, size)
         except OSError as e:
@@ -337,10 +363,12 @@ class DelayLine:
                                   f"{e.strerror}") from None
         w = self._block.words
         w[W_N] = self.n
+        w[W_COLS] = self.capacity
         w[W_TRACE_CAP] = self.trace_records
         w[W_MAGIC] = MAGIC
         self._writer = DelayMatrixWriter(self.shm_name, _block=self._block)
-        cfg = _Config(self.namespaces, self.addresses, self.queue_num, self.shm_name,
+        cfg = _Config([self.namespaces[v] for v in self.destinations], list(self.destinations), self.addresses,
+                      self.queue_num, self.shm_name,
                       round(self.calibration_s * 1e9), round(self.spin_s * 1e9), self.spin_share, self.realtime,
                       self.keep_order, self.rcvbuf, self.queue_maxlen, self.use_kernel_timestamp,
                       TRACE_COPY_RANGE if self.trace_records else COPY_RANGE, self.trace_records)
@@ -413,20 +441,67 @@ class DelayLine:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None and self._block is not None
 
+    def _check_destinations(self, nodes, have) -> list[int]:
+        out = list(have)
+        for v in nodes:
+            if not isinstance(v, (int, np.integer)) or not 0 <= int(v) < self.n:
+                raise InputError(f"destination {v!r} is not a node id in [0, {self.n})")
+            if int(v) in out:
+                raise InputError(f"destination {int(v)} is listed twice")
+            out.append(int(v))
+        if not out:
+            raise InputError("a delay line needs at least one destination")
+        return out
+
     # -- the live part --
     def set_delays(self, delay_s: np.ndarray) -> int:
-        """Replace the whole (N, N) one-way path delay matrix (seconds); returns its sequence number.
+        """Replace the whole (N, D) one-way path delay matrix (seconds; column j towards
+        ``destinations[j]``); returns its sequence number.
 
-        The diagonal is taken as 0. Costs one copy of the matrix (0.25 ms at
-        N = 500, ~6 ms at N = 1,600 here); packets arriving after the call get
-        the new delays, held packets keep theirs.
+        A destination's own row is taken as 0. Costs one copy of the matrix
+        (0.25 ms for 500 x 500, ~6 ms for 1,600 x 1,600 here); packets arriving
+        after the call get the new delays, held packets keep theirs.
         """
         if self._writer is None:
             raise MeshemuError("delay line not started")
+        self._check_alive()
+        d = np.asarray(delay_s)
+        if d.ndim == 2 and d.shape[1] != len(self.destinations):
+            raise InputError(f"delay matrix has {d.shape[1]} columns for {len(self.destinations)} destinations")
+        return self._writer.write(d, zero_rows=self.destinations)
+
+    def _check_alive(self) -> None:
         code = self._proc.poll()  # one waitpid: a dead daemon must not go unnoticed
         if code is not None:
             raise CapabilityError(f"the delay-line process (pid {self._proc.pid}) exited with status {code}")
-        return self._writer.write(delay_s, zero_diagonal=True)
+
+    def add_destinations(self, nodes: Sequence[int], timeout_s: float = 10.0) -> None:
+        """Give ``nodes`` a queue each (the daemon binds them before this returns); then call
+        :meth:`set_delays` with their columns and install their rules."""
+        if self._proc is None:
+            raise MeshemuError("delay line not started")
+        nodes = [int(v) for v in nodes]
+        if not nodes:
+            return
+        dest = self._check_destinations(nodes, self.destinations)
+        if len(dest) > self.capacity:
+            raise CapabilityError(f"the delay line holds {self.capacity} destinations and has "
+                                  f"{len(self.destinations)}: {len(nodes)} more do not fit (a mesh with more "
+                                  "destinations than that: route every node, routes 'all')")
+        self._check_alive()
+        try:
+            self._proc.stdin.write((json.dumps({"add": [[v, self.namespaces[v]] for v in nodes]}) + "\n").encode())
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise CapabilityError("the delay-line process is gone") from None
+        line = _read_line(self._proc.stdout, timeout_s)
+        if line and line.startswith("ADDED"):
+            self.destinations = dest
+            return
+        if line and line.startswith("ERROR "):
+            _, kind, msg = line.rstrip("\n").split(" ", 2)
+            raise (InputError if kind == "InputError" else CapabilityError)(msg)
+        raise CapabilityError(f"the delay-line process did not bind {len(nodes)} more queues in {timeout_s:g} s")
 
     def delays(self) -> np.ndarray:
         if self._writer is None:

@@ -29,6 +29,7 @@ from meshemu.emulation.delayline_wire import (  # the wire layout and constants 
     NLHDR,
     STAT_WORD,
     W_ACTIVE,
+    W_COLS,
     W_N,
     W_PID,
     W_SEEN_SEQ,
@@ -340,47 +341,65 @@ class _Daemon:
         except OSError as e:
             raise _DaemonError("CapabilityError", f"cannot open shared memory {cfg['shm']!r}: {e.strerror}") from None
         self.w = self.block.words
-        self.n = n = len(cfg["namespaces"])
-        if self.w[W_N] != n:
+        self.n = n = len(cfg["addresses"])
+        self.cols = cols = int(self.w[W_COLS]) or n
+        if self.w[W_N] != n or len(cfg["destinations"]) > cols:
             raise _DaemonError("CapabilityError", "shared memory block does not match the namespaces")
         _, _, moff, _ = layout(n)
-        self.mats = [memoryview(self.block.mm)[moff + k * n * n * 8: moff + (k + 1) * n * n * 8].cast("d")
+        self.mats = [memoryview(self.block.mm)[moff + k * n * cols * 8: moff + (k + 1) * n * cols * 8].cast("d")
                      for k in (0, 1)]
         h1, h2, _, _ = layout(0)
         self.hist_late = memoryview(self.block.mm)[h1:h1 + HIST_BINS * 8].cast("q")
         self.hist_lag = memoryview(self.block.mm)[h2:h2 + HIST_BINS * 8].cast("q")
         self.trace_cap = int(self.w[W_TRACE_CAP])
-        if self.trace_cap != cfg["trace_records"] or self.block.size < layout(n, self.trace_cap)[3]:
+        if self.trace_cap != cfg["trace_records"] or self.block.size < layout(n, self.trace_cap, cols)[3]:
             raise _DaemonError("CapabilityError", "shared memory block does not match the trace size")
-        self.trace_off = moff + 2 * n * n * 8
+        self.trace_off = moff + 2 * n * cols * 8
         self.addr = {socket.inet_aton(a): i for i, a in enumerate(cfg["addresses"])}
         # keep kernel receive timestamps on: any socket with SO_TIMESTAMP turns them on host-wide
         self.ts_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.ts_sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         import resource
-        need = n + 64
+        need = cols + 64
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < need:
             if hard != resource.RLIM_INFINITY and hard < need:
-                raise _DaemonError("CapabilityError", f"{n} queues need {need} open files, the limit is {hard}: "
+                raise _DaemonError("CapabilityError", f"{cols} queues need {need} open files, the limit is {hard}: "
                                    f"raise it with 'ulimit -n {need}'")
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.socks = []
+        self.dest = []  # queue index -> its node id (the queue's column in the matrix is its index)
         try:
-            for ns in cfg["namespaces"]:
-                self.socks.append(_open_queue(lc, home, ns, cfg))
+            self.open_queues(cfg["namespaces"], cfg["destinations"])
         except BaseException:
             for s in self.socks:
                 s.close()
             raise
-        finally:
-            os.close(home)
         self.timer = _Timer(lc)
         self.w[W_PID] = os.getpid()
         self.realtime = bool(cfg["realtime"]) and self.set_realtime(True)
         self.w[STAT_WORD["realtime"]] = int(self.realtime)
         self.w[W_STATE] = STATE_READY
+
+    def open_queues(self, namespaces, nodes) -> list:
+        """Bind a queue in each of ``namespaces`` (the destinations ``nodes``); the new sockets."""
+        if len(self.dest) + len(nodes) > self.cols:
+            raise _DaemonError("CapabilityError", f"{len(self.dest) + len(nodes)} destinations for "
+                               f"{self.cols} columns")
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        new = []
+        try:
+            for ns in namespaces:
+                new.append(_open_queue(self.lc, home, ns, self.cfg))
+        except BaseException:
+            for s in new:
+                s.close()
+            raise
+        finally:
+            os.close(home)
+        self.socks.extend(new)
+        self.dest.extend(int(v) for v in nodes)
+        return new
 
     def set_realtime(self, on: bool) -> bool:
         """SCHED_FIFO (above any probe) or back to SCHED_OTHER; returns whether FIFO is now on."""
@@ -394,8 +413,9 @@ class _Daemon:
             return False
 
     def run(self) -> int:
-        cfg, w, n = self.cfg, self.w, self.n
+        cfg, w, n, cols = self.cfg, self.w, self.n, self.cols
         socks = self.socks
+        dest = self.dest
         nq = len(socks)
         qnum = cfg["queue_num"]
         calib = cfg["calibration_ns"]
@@ -427,6 +447,7 @@ class _Daemon:
         ep.register(tfd, select.EPOLLIN)
         stdin_fd = sys.stdin.fileno()
         ep.register(stdin_fd, select.EPOLLIN | select.EPOLLHUP)
+        commands = b""  # stdin after the configuration: {"add": [[node, namespace], ...]} lines
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
         stop = []
@@ -437,6 +458,25 @@ class _Daemon:
 
         heap = []                      # (deadline_ns, queue, packet_id, trace record so far or None)
         books = [_VerdictBook(qnum) for _ in range(nq)]
+
+        def command(line: bytes) -> None:
+            """Add destinations: bind their queues, then say so on stdout (one line)."""
+            try:
+                add = json.loads(line)["add"]
+                new = self.open_queues([ns for _, ns in add], [v for v, _ in add])
+            except _DaemonError as e:
+                reply = f"ERROR {e.kind} {e}\n"
+            except (ValueError, KeyError, TypeError) as e:
+                reply = f"ERROR InputError bad delay-line command: {e}\n"
+            else:
+                for s in new:
+                    s.setblocking(False)
+                    fd2q[s.fileno()] = len(books)
+                    books.append(_VerdictBook(qnum))
+                    ep.register(s.fileno(), select.EPOLLIN)
+                reply = f"ADDED {len(new)}\n"
+            sys.stdout.write(reply)
+            sys.stdout.flush()
         last_dl = {}                   # (src * n + dst) -> last deadline (keep order within a pair)
         rbuf = bytearray(65536)
         seq_seen = -1
@@ -572,12 +612,12 @@ class _Daemon:
                             if node is None:
                                 counters["unknown_source"] += 1
                                 dl = arr
-                            elif node == q:
+                            elif node == dest[q]:
                                 dl = arr
                             else:
-                                dl = arr + int(mat[node * n + q] * 1e9) - calib
+                                dl = arr + int(mat[node * cols + q] * 1e9) - calib
                                 if keep_order:
-                                    key = node * n + q
+                                    key = node * cols + q
                                     prev = last_dl.get(key, 0)
                                     if dl < prev:  # noqa: PLR1730 (hot path)
                                         dl = prev
@@ -656,9 +696,15 @@ class _Daemon:
                     elif fd == tfd:
                         timer.drain()
                     elif fd == stdin_fd:
-                        if not os.read(stdin_fd, 4096):
+                        chunk = os.read(stdin_fd, 65536)
+                        if not chunk:
                             parent_dead = True
                             stop.append(1)
+                        commands += chunk
+                        while b"\n" in commands:
+                            line, commands = commands.split(b"\n", 1)
+                            if line.strip():
+                                command(line)
                     elif fd == sig_r:
                         try:
                             os.read(sig_r, 64)

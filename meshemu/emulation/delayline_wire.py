@@ -64,6 +64,8 @@ HEADER_WORDS = 64  # 512 bytes of int64 words, then two histograms, then two mat
 # header word indices
 W_MAGIC, W_N, W_SEQ, W_ACTIVE, W_SEEN_SEQ, W_STATE, W_PID = 0, 1, 2, 3, 4, 5, 6
 W_TRACE_CAP, W_TRACE_COUNT = 7, 8  # trace ring: capacity (records), records written so far
+# the matrices are (N, W_COLS): sources by destination queues (0: N, every node a destination); W_D columns in use
+W_COLS, W_D = 9, 10
 STAT_FIELDS = (
     "packets",            # packets received from the kernel
     "released",           # verdicts issued (ACCEPT)
@@ -111,15 +113,17 @@ def bin_value_us(b: np.ndarray) -> np.ndarray:
     return np.where(b < H_FINE, b, H_FINE + (b - H_FINE) * 100.0) - H_OFFSET_US
 
 
-def layout(n: int, trace_records: int = 0) -> tuple[int, int, int, int]:
+def layout(n: int, trace_records: int = 0, cols: int | None = None) -> tuple[int, int, int, int]:
     """Byte offsets: (lateness histogram, read-lag histogram, matrices, total size).
 
-    The trace ring, ``trace_records`` x :data:`TRACE_FIELDS`, follows the matrices.
+    Two (n, cols) float64 matrices (``cols`` defaults to n: every node a
+    destination); the trace ring, ``trace_records`` x :data:`TRACE_FIELDS`, follows them.
     """
+    cols = n if cols is None else cols
     h1 = HEADER_WORDS * 8
     h2 = h1 + HIST_BINS * 8
     mats = (h2 + HIST_BINS * 8 + 63) // 64 * 64
-    return h1, h2, mats, mats + 2 * n * n * 8 + trace_records * len(TRACE_FIELDS) * 8
+    return h1, h2, mats, mats + 2 * n * cols * 8 + trace_records * len(TRACE_FIELDS) * 8
 
 
 # One trace record per released packet, int64 each; times are CLOCK_MONOTONIC ns (time.monotonic_ns and
@@ -171,9 +175,13 @@ class ShmBlock:
         os.close(fd)
         self.words = memoryview(self.mm).cast("q")
 
+    def columns(self, n: int) -> int:
+        """Columns of each matrix: the destination capacity (N where the word is unset)."""
+        return int(self.words[W_COLS]) or n
+
     def matrices(self, n: int) -> np.ndarray:
         _, _, off, _ = layout(n)
-        return np.ndarray((2, n, n), dtype=np.float64, buffer=self.mm, offset=off)
+        return np.ndarray((2, n, self.columns(n)), dtype=np.float64, buffer=self.mm, offset=off)
 
     def trace(self, n: int) -> np.ndarray:
         """The trace ring's records in the order written (the last ``capacity`` of them), copied."""
@@ -181,7 +189,7 @@ class ShmBlock:
         if cap == 0:
             return np.zeros(0, dtype=TRACE_DTYPE)
         _, _, off, _ = layout(n)
-        ring = np.ndarray((cap,), dtype=TRACE_DTYPE, buffer=self.mm, offset=off + 2 * n * n * 8)
+        ring = np.ndarray((cap,), dtype=TRACE_DTYPE, buffer=self.mm, offset=off + 2 * n * self.columns(n) * 8)
         if count <= cap:
             return ring[:count].copy()
         k = count % cap

@@ -26,8 +26,19 @@ from meshemu.emulation.naming import MeshPlan
 from meshemu.errors import CapabilityError, MeshemuError
 
 
+# iproute2 (6.1 here) keeps open every namespace a batch line names with "netns NAME", for the life of the
+# process: two descriptors per link. Past its open-file limit, the next "netns" is "Invalid netns value"
+# (Starlink gen 1 has 11,391 links). A new process every this many lines keeps that well under any limit.
+IP_BATCH_LINES = 2000
+
+
 def run_ip_batch(lines: list[str], what: str) -> None:
-    """Run ``ip -batch`` over ``lines``; one clear error if any line fails."""
+    """Run ``ip -batch`` over ``lines`` (a process per :data:`IP_BATCH_LINES`); one clear error if any line fails."""
+    for start in range(0, len(lines), IP_BATCH_LINES):
+        _run_ip_batch(lines[start:start + IP_BATCH_LINES], what)
+
+
+def _run_ip_batch(lines: list[str], what: str) -> None:
     if not lines:
         return
     with tempfile.NamedTemporaryFile("w", suffix=".ip", delete=False) as f:
@@ -40,7 +51,36 @@ def run_ip_batch(lines: list[str], what: str) -> None:
         os.unlink(f.name)
     if proc.returncode != 0:
         first = next((l for l in proc.stderr.splitlines() if l.strip()), "unknown error")
+        if "netns add" in lines[0] and "No space left on device" in proc.stderr:  # ENOSPC: a namespace limit
+            raise CapabilityError(f"{what} failed: the kernel refused a network namespace ({first.strip()}): "
+                                  f"{namespaces_in_use()} exist and user.max_net_namespaces is "
+                                  f"{_read_int('/proc/sys/user/max_net_namespaces')}: raise it with 'sysctl -w "
+                                  f"user.max_net_namespaces=N', or remove old meshes ('meshemu clean --prefix P')")
         raise MeshemuError(f"{what} failed: {first}")
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def namespaces_in_use() -> int:
+    """Network namespaces that exist now: those of processes and those kept by a name in /run/netns."""
+    seen = set()
+    for p in Path("/proc").glob("[0-9]*/ns/net"):
+        try:
+            seen.add(os.readlink(p))
+        except OSError:
+            pass
+    run_dir = Path(nl.NETNS_RUN_DIR)
+    for p in run_dir.iterdir() if run_dir.is_dir() else ():
+        try:
+            seen.add(f"net:[{os.stat(p).st_ino}]")
+        except OSError:
+            pass
+    return len(seen)
 
 
 def existing_namespaces(prefix: str) -> list[str]:
@@ -56,10 +96,11 @@ def check_namespace_limit(wanted: int, limit_file: str = "/proc/sys/user/max_net
         limit = int(Path(limit_file).read_text())
     except (OSError, ValueError):
         return
-    in_use = len(list(Path("/proc").glob("[0-9]*/ns/net")))  # an upper bound is enough here
     if wanted > limit:
-        raise CapabilityError(f"{wanted} nodes need {wanted} network namespaces but the kernel allows {limit}: "
-                              f"raise it with 'sysctl -w user.max_net_namespaces={wanted + in_use + 64}'")
+        in_use = namespaces_in_use()
+        raise CapabilityError(f"{wanted} nodes need {wanted} network namespaces but the kernel allows {limit} "
+                              f"({in_use} in use): raise it with "
+                              f"'sysctl -w user.max_net_namespaces={wanted + in_use + 64}'")
 
 
 def ifindex_of(link: int, end: int) -> int:
@@ -87,6 +128,7 @@ class Mesh:
         self.ifindex = np.zeros((len(plan.links), 2), dtype=np.int32)  # per link end
         self.link_up = np.zeros(len(plan.links), dtype=bool)
         self._built = False
+        self.phases_s: dict[str, float] = {}  # what building took, by part (seconds)
         links = plan.links.astype(np.int64)
         n = len(plan.node_names)
         key = np.minimum(links[:, 0], links[:, 1]) * n + np.maximum(links[:, 0], links[:, 1])
@@ -105,7 +147,12 @@ class Mesh:
         check_namespace_limit(len(plan.node_names))
         nl.raise_fd_limit(len(plan.node_names) + 1024)
         self._built = True  # from here on, destroy() has something to undo
+        t = time.perf_counter()
         run_ip_batch([f"netns add {ns}" for ns in plan.namespaces], "creating namespaces")
+        self.phases_s["namespaces"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._set_sysctls()  # before the links: their devices inherit the defaults (no IPv6 on them at all)
+        self.phases_s["sysctls"] = time.perf_counter() - t
         ns = plan.namespaces
         lines = []
         for l, (a, b) in enumerate(plan.links):
@@ -113,11 +160,37 @@ class Mesh:
             lines.append(f"link add {name_a} index {ifindex_of(l, 0)} address {_mac_text(mac_of(l, 0))} netns {ns[a]} "
                          f"type veth peer name {name_b} index {ifindex_of(l, 1)} address {_mac_text(mac_of(l, 1))} "
                          f"netns {ns[b]}")
+        t = time.perf_counter()
         run_ip_batch(lines, "creating links")
+        self.phases_s["links"] = time.perf_counter() - t
+        t = time.perf_counter()
         self._configure_nodes()
+        self.phases_s["addresses"] = time.perf_counter() - t
+        t = time.perf_counter()
         up = np.flatnonzero(initially_up)
         self.set_links(up, np.zeros(0, dtype=int))
         self.wait_carrier(up)
+        self.phases_s["links up"] = time.perf_counter() - t
+
+    def _set_sysctls(self) -> None:
+        """Per-namespace settings, made while a namespace has only its loopback (each costs least then, and
+        IPv6 is off before any veth could start its addrconf: no link-local addresses, DAD or MLD)."""
+        plan = self.plan
+        for node, netns in enumerate(plan.namespaces):
+            satellite = node < plan.n_satellites
+            with nl.enter_netns(netns):
+                # "default" and not "all" for IPv6: every veth is made after this, so none has IPv6; writing
+                # "all" costs 2.5 ms a namespace at 4,500 of them (a kernel walk that grows with their number)
+                for key, value in (("net/ipv4/ip_forward", "1" if satellite else "0"),  # stations never relay
+                                   ("net/ipv6/conf/default/disable_ipv6", "1"),
+                                   ("net/ipv4/icmp_ratelimit", "0"),  # traceroute answers at every step
+                                   # long fat paths: a 4 MiB cap holds TCP to ~0.5 Gbit/s at 60 ms RTT
+                                   ("net/ipv4/tcp_rmem", "4096 131072 33554432"),
+                                   ("net/ipv4/tcp_wmem", "4096 16384 33554432"),
+                                   ("net/ipv4/conf/all/rp_filter", "0"),
+                                   ("net/ipv4/conf/default/rp_filter", "0")):
+                    with open(f"/proc/sys/{key}", "w") as f:
+                        f.write(value)
 
     def _configure_nodes(self) -> None:
         plan = self.plan
@@ -133,19 +206,6 @@ class Mesh:
                 i = self.ifindex[l, end] = index[plan.ifname[l][end]]
                 msgs.append(nl.address_add(i, int(self._link_addr[l, end]), 31))
             sock.send_messages(msgs, f"configuring {plan.node_names[node]}")
-            satellite = node < plan.n_satellites
-            with nl.enter_netns(netns):
-                for key, value in (("net/ipv4/ip_forward", "1" if satellite else "0"),  # stations never relay
-                                   ("net/ipv6/conf/all/disable_ipv6", "1"),
-                                   ("net/ipv6/conf/default/disable_ipv6", "1"),
-                                   ("net/ipv4/icmp_ratelimit", "0"),  # traceroute answers at every step
-                                   # long fat paths: a 4 MiB cap holds TCP to ~0.5 Gbit/s at 60 ms RTT
-                                   ("net/ipv4/tcp_rmem", "4096 131072 33554432"),
-                                   ("net/ipv4/tcp_wmem", "4096 16384 33554432"),
-                                   ("net/ipv4/conf/all/rp_filter", "0"),
-                                   ("net/ipv4/conf/default/rp_filter", "0")):
-                    with open(f"/proc/sys/{key}", "w") as f:
-                        f.write(value)
 
     def destroy(self) -> None:
         """Remove every namespace of this plan (their links, routes and rules go with them)."""

@@ -6,11 +6,14 @@ thousand nodes is most of the build time. :class:`MeshHost` is a Mininet
 used (``cmd``, ``sendCmd``); ``popen`` needs no shell at all. Everything else
 is Mininet's own: ``cmd``, ``popen``, ``IP``, and ``mininet.cli.CLI`` with
 ``ping``, ``traceroute``, ``iperf``, ``tcpdump`` on any node. Names on the CLI
-resolve to node (loopback) addresses, the ones the routes carry.
+resolve to node (loopback) addresses, the ones the routes carry; where the
+mesh routes only towards some destinations, :class:`ReachingCLI` first
+routes towards every node a command line names (``p03s12 ping p40s07``).
 """
 
 from __future__ import annotations
 
+from mininet.cli import CLI
 from mininet.link import Intf
 from mininet.net import Mininet
 from mininet.node import Host
@@ -121,3 +124,21 @@ def mininet_net(emulation) -> Mininet:
     net.nameToNode = dict(hosts)
     net.links = [intf.link for h in net.hosts for intf in h.intfList() if intf.link and intf.link.intf1 is intf]
     return net
+
+
+class ReachingCLI(CLI):
+    """Mininet's CLI; a command line that names nodes makes them destinations first (``Emulation.reach``),
+    so ``p03s12 ping p40s07`` works where the mesh routes only towards some nodes."""
+
+    def __init__(self, mininet, emulation, **kwargs):
+        self.emulation = emulation  # before Mininet's constructor: it runs the command loop
+        super().__init__(mininet, **kwargs)
+
+    def default(self, line):
+        first, args, _ = self.parseline(line)
+        named = [w for w in [first, *(args or "").split()] if w in self.mn]
+        if first in self.mn and len(named) > 1:
+            added = self.emulation.reach(*named)
+            if added:
+                print(f"meshemu: routes towards {', '.join(named)}: {added} more", flush=True)
+        super().default(line)

@@ -193,13 +193,12 @@ def error_summary(probes) -> dict:
 
 def default_pairs(emulation, count: int = 3) -> list[tuple[int, int]]:
     """Ground-station pairs with a path now, the most populous first (or satellites if no stations)."""
-    s = emulation.series
-    _, length = emulation.state(emulation.step)
+    s, routes, k = emulation.series, emulation.routes, emulation.step
     nodes = list(range(s.n_satellites, s.n_nodes)) or list(range(s.n_satellites))
     pairs = []
     for i, a in enumerate(nodes):
         for b in nodes[i + 1:]:
-            if np.isfinite(length[a, b]) and not any(a in p or b in p for p in pairs):
+            if np.isfinite(routes.length_m(k, a, b)) and not any(a in p or b in p for p in pairs):
                 pairs.append((a, b))
                 break
         if len(pairs) == count:

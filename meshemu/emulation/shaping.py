@@ -13,7 +13,12 @@ Two backends, one interface (``start``, ``update``, ``close``, ``describe``):
   and held, once, for the whole path's one-way delay, by a helper process
   that reads the current delay matrix from shared memory. One release point
   per packet, so timer lateness does not add up hop by hop. Transit
-  packets and packets to link addresses are not delayed.
+  packets and packets to link addresses are not delayed. Only destinations
+  (the nodes routes lead to) get the rule and a queue, and the matrix is
+  (N + G, D): sources by routed destinations, the whole (N + G)^2 only when
+  every node is a destination.
+
+Both take ``path_delay_s`` as (N + G, D) one-way delays towards ``destinations`` (node ids).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ ASSUMED_RATE_BPS = 10e9  # sizes queues when no rate is given
 # all), and past 10 Tbit/s no host link comes near it.
 MIN_RATE_BPS, MAX_RATE_BPS = 1e3, 1e13
 DELAY_ONLY = ("delayline", "none")
+# Delay-line columns kept free for destinations reached at run time (at least as many as there are at start)
+DESTINATION_HEADROOM = 256
 
 
 @dataclass(frozen=True)
@@ -84,20 +91,30 @@ def queue_limit_packets(delay_s: float, rate_bps: float | None) -> int:
 class NetemShaper:
     name = "netem"
 
-    def __init__(self, mesh, config: ShapingConfig = ShapingConfig()):
+    def __init__(self, mesh, config: ShapingConfig = ShapingConfig(), link_rate_bps=None):
         self.mesh, self.config = mesh, config
+        self.link_rate_bps = link_rate_bps  # (L,) the series' rate of every link, NaN: none; config.rate_bps wins
 
     def describe(self) -> str:
-        return "netem: per-link one-way delay on both ends, changed in place"
+        return "netem: per-link one-way delay on both ends, changed in place" + (
+            ", each link's rate from the series" if series_rates(self.link_rate_bps) and self.config.rate_bps is None
+            else "")
 
-    def _params(self, delay_s: float) -> nl.NetemParams:
-        return nl.NetemParams(delay_s=delay_s, limit_packets=queue_limit_packets(delay_s, self.config.rate_bps),
-                              loss=self.config.loss, rate_bps=self.config.rate_bps)
+    def rate_bps(self, link: int) -> float | None:
+        """The rate link ``link`` is held to: ``--rate-mbps`` for every link, else the series' own, else none."""
+        if self.config.rate_bps is not None or self.link_rate_bps is None:
+            return self.config.rate_bps
+        rate = float(self.link_rate_bps[link])
+        return rate if math.isfinite(rate) else None
+
+    def _params(self, delay_s: float, rate_bps: float | None = None) -> nl.NetemParams:
+        return nl.NetemParams(delay_s=delay_s, limit_packets=queue_limit_packets(delay_s, rate_bps),
+                              loss=self.config.loss, rate_bps=rate_bps)
 
     def _send(self, links, delay_s, create: bool) -> int:
         plan, per_ns = self.mesh.plan, {}
         for l, d in zip(links, delay_s):
-            p = self._params(0.0 if not np.isfinite(d) else float(d))
+            p = self._params(0.0 if not np.isfinite(d) else float(d), self.rate_bps(int(l)))
             for end in (0, 1):
                 ns = plan.namespaces[plan.links[l, end]]
                 per_ns.setdefault(ns, []).append(nl.netem_qdisc(int(self.mesh.ifindex[l, end]), p, create=create))
@@ -105,10 +122,11 @@ class NetemShaper:
             self.mesh.sockets[ns].send_messages(msgs, f"netem in {ns}")
         return 2 * len(links)
 
-    def start(self, link_delay_s: np.ndarray, path_delay_s: np.ndarray) -> None:
+    def start(self, link_delay_s: np.ndarray, path_delay_s: np.ndarray, destinations=None) -> None:
         self._send(np.arange(len(link_delay_s)), link_delay_s, create=True)
 
-    def update(self, links: np.ndarray, link_delay_s: np.ndarray, path_delay_s: np.ndarray) -> int:
+    def update(self, links: np.ndarray, link_delay_s: np.ndarray, path_delay_s: np.ndarray,
+               destinations=None) -> int:
         return self._send(links, link_delay_s, create=False)
 
     def stats(self) -> dict:
@@ -121,27 +139,47 @@ class NetemShaper:
 class DelayLineShaper:
     name = "delayline"
 
-    def __init__(self, mesh, config: ShapingConfig = ShapingConfig()):
+    def __init__(self, mesh, config: ShapingConfig = ShapingConfig(), link_rate_bps=None):
         check_backend(self.name, config)
         self.mesh, self.config, self.line = mesh, config, None
+        self.link_rate_bps = link_rate_bps  # the series' rates: recorded, not paced (see describe)
 
     def describe(self) -> str:
-        return "delayline: NFQUEUE at each destination, one hold per packet for the whole path delay"
+        return "delayline: NFQUEUE at each destination, one hold per packet for the whole path delay" + (
+            "; the series' link rates are not paced (delay only)" if series_rates(self.link_rate_bps) else "")
 
-    def start(self, link_delay_s: np.ndarray, path_delay_s: np.ndarray) -> None:
+    def start(self, link_delay_s: np.ndarray, path_delay_s: np.ndarray, destinations=None) -> None:
         plan = self.mesh.plan
-        # one iptables-restore per namespace (~3 ms each), a few at a time
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(install_rules, plan.namespaces, plan.addresses))
-        self.line = DelayLine(plan.namespaces, plan.addresses, queue_num=0)
+        n = len(plan.namespaces)
+        dest = np.arange(n) if destinations is None else np.asarray(destinations, dtype=np.int64)
+        every = len(dest) == n
+        # columns for destinations reached at run time: the shared block is sized once
+        capacity = n if every else min(n, len(dest) + max(DESTINATION_HEADROOM, len(dest)))
+        self.line = DelayLine(plan.namespaces, plan.addresses, queue_num=0, destinations=dest, capacity=capacity)
         self.line.start()
+        self._install(dest)  # after the queues are bound: a rule without its queue would drop packets
+        self._dest = dest
         self._last = _finite(path_delay_s)
         self.line.set_delays(self._last)
 
-    def update(self, links: np.ndarray, link_delay_s: np.ndarray, path_delay_s: np.ndarray) -> int:
+    def _install(self, nodes) -> None:
+        plan = self.mesh.plan
+        # one iptables-restore per namespace (~3 ms each), a few at a time
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(install_rules, [plan.namespaces[v] for v in nodes], [plan.addresses[v] for v in nodes]))
+
+    def update(self, links: np.ndarray, link_delay_s: np.ndarray, path_delay_s: np.ndarray,
+               destinations=None) -> int:
         now = _finite(path_delay_s)
-        changed = int(np.count_nonzero(now != self._last))
+        d_old = len(self._dest)
+        added = np.asarray(destinations, dtype=np.int64)[d_old:] if now.shape[1] > d_old else ()
+        if len(added):
+            self.line.add_destinations(added)  # their queues bound; nothing is queued there before the rules
         self.line.set_delays(now)
+        if len(added):
+            self._install(added)  # after their columns are written: their first packet is held right
+            self._dest = np.asarray(destinations, dtype=np.int64)
+        changed = int(np.count_nonzero(now[:, :d_old] != self._last)) + now[:, d_old:].size
         self._last = now
         return changed
 
@@ -154,6 +192,11 @@ class DelayLineShaper:
             self.line = None
 
 
+def series_rates(link_rate_bps) -> bool:
+    """Whether a series gives any link a rate (a delay-only backend says it does not pace them)."""
+    return link_rate_bps is not None and bool(np.isfinite(link_rate_bps).any())
+
+
 def _finite(delay_s: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(delay_s), delay_s, 0.0)
 
@@ -163,17 +206,17 @@ class NoShaper:
 
     name = "none"
 
-    def __init__(self, mesh, config: ShapingConfig = ShapingConfig()):
+    def __init__(self, mesh, config: ShapingConfig = ShapingConfig(), link_rate_bps=None):
         check_backend(self.name, config)  # before: a rate or loss was dropped without a word
         self.mesh = mesh
 
     def describe(self) -> str:
         return "none: no delay is added"
 
-    def start(self, link_delay_s, path_delay_s) -> None:
+    def start(self, link_delay_s, path_delay_s, destinations=None) -> None:
         pass
 
-    def update(self, links, link_delay_s, path_delay_s) -> int:
+    def update(self, links, link_delay_s, path_delay_s, destinations=None) -> int:
         return 0
 
     def stats(self) -> dict:

@@ -16,6 +16,13 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path) -> None:
+    """Lay ``fig`` out, write it to ``path`` (PNG, 110 dpi) and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
 def route_timeline(series, src: int, dst: int):
     """Per step: RTT (ms), hops and whether the path changed from the step before."""
     rtt, hops, changed, last = [], [], [], None
@@ -53,7 +60,5 @@ def plot_rtt_and_hops(series, pairs, path, *, measured=None, timelines=None, tit
     ax_hops.set_xlabel("time since epoch (s)")
     ax_rtt.legend(fontsize=8, loc="best")
     ax_rtt.set_title(title or f"{series.constellation}: RTT and hops (dotted: route changes)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

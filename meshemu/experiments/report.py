@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from meshemu.emulation.probe import describe_path_share
-from meshemu.experiments.plots import _pyplot, plot_rtt_and_hops
+from meshemu.experiments.plots import _pyplot, plot_rtt_and_hops, save_figure
 
 
 def _fmt(v, digits=1):
@@ -35,9 +35,7 @@ def plot_token_latency(result, path):
     ax.set_ylabel("time per output token (ms)")
     ax.set_title(f"{result.spec.name}: {result.spec.parallelism.label}, TPOT per token as the constellation moves")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_predicted_vs_measured(labels, measured, predicted, path, title):
@@ -55,9 +53,24 @@ def plot_predicted_vs_measured(labels, measured, predicted, path, title):
         ax.set_title(name)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def plot_network_alone(labels, summaries, path, title):
+    """TPOT (ms, log scale) per run: measured, predicted for this host, and predicted for the network alone."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = np.arange(len(labels))
+    for k, (key, name) in enumerate((("tpot_ms", "measured"), ("predicted_tpot_ms", "predicted (this host)"),
+                                     ("predicted_tpot_network_ms", "predicted, network alone"))):
+        values = [s.get(key) or np.nan for s in summaries]
+        ax.bar(x + (k - 1) * 0.27, values, 0.27, label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(x, labels, rotation=15, fontsize=8)
+    ax.set_ylabel("time per output token (ms)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
 
 
 def _measured_probes(result, series, node):
@@ -127,7 +140,21 @@ def write_report(result, series, dep) -> None:
         f"{_fmt(s['tpot_ms'])} ({_fmt(s['predicted_tpot_ms'])}) | {_fmt(s['tpot_error_pct'])} % | "
         f"{_fmt(s['decode_tokens_per_s'])} | {_fmt(s['e2e_s'], 2)} |",
         "",
+        f"TPOT predicted for the network alone (no per-message software cost, bytes at the link rate): "
+        f"{_fmt(s.get('predicted_tpot_network_ms'))} ms. {_rates_line(meta)}"
+        + (f" The floor beside it: one all-reduce message cost {_fmt(s['collective_ms_per_message'], 3)} ms here "
+           f"(collective time per token over the messages on a rank's critical path), against "
+           f"{_fmt(s.get('predictor_ms_per_message'), 3)} ms in the predictor (its idle calibration)."
+           if s.get("collective_ms_per_message") else ""),
+        "",
     ]
+    if s.get("floor_ms_per_message") is not None:
+        kinds = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in (s.get("floor_by_kind_ms") or {}).items())
+        lines += [f"The floor under this run's own load, as the shards measured it (each frame's send-to-delivery "
+                  f"time less the routed path's delay): {_fmt(s['floor_ms_per_message'], 3)} ms per message "
+                  f"({kinds}), against {_fmt(s.get('predictor_ms_per_message'), 3)} ms idle in the predictor. "
+                  f"With the measured floor the prediction is TPOT {_fmt(s.get('predicted_tpot_loaded_ms'))} ms "
+                  f"(error {_fmt(s.get('tpot_error_loaded_pct'))} %).", ""]
     failed = [r for r in result.requests if r.get("error")]
     if failed:
         lines += ["Failed requests: " + "; ".join(f"request {r.get('request')}: {r['error']}" for r in failed), ""]
@@ -189,9 +216,7 @@ def plot_tokens_with_faults(result, path):
     ax.set_ylabel("token index")
     ax.set_title(f"{result.spec.name}: tokens as faults strike (red: fault, shaded: outage)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _faults_section(result) -> list[str]:
@@ -240,6 +265,19 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _rates_line(meta) -> str:
+    rates = (meta.get("shaping") or {}).get("link_rates") or {}
+    given = [f"{kind.upper()}s {r['max_bps'] / 1e9:,.0f} Gbit/s" if r["min_bps"] == r["max_bps"] else
+             f"{kind.upper()}s {r['min_bps'] / 1e9:,.0f}-{r['max_bps'] / 1e9:,.0f} Gbit/s"
+             for kind in ("isl", "gsl") if (r := rates.get(kind))]
+    if not given:
+        return "The constellation gives its links no rate."
+    return (f"Link rates from the constellation: {', '.join(given)}; "
+            + ("held by netem on every link end." if rates.get("paced") else
+               f"not paced by the {meta.get('backend')} backend (delay only): serialisation at these rates is in the "
+               "network-alone prediction."))
+
+
 def _passes(meta) -> str:
     r = meta.get("routing") or {}
     if not r:
@@ -264,25 +302,38 @@ def plot_sweep_tpot(labels, results, path, title):
     ax.set_ylabel("time per output token (ms)")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_sweep_report(spec, results, out) -> None:
     labels = [r.spec.name.removeprefix(spec.name + "-") for r in results]
     plot_predicted_vs_measured(labels, [r.summary for r in results], [r.summary for r in results],
-                               out / "comparison.png", f"{spec.name}: sweep over {spec.sweep.field}")
+                               out / "comparison.png", f"{spec.name}: sweep over {spec.sweep.what}")
     plot_sweep_tpot(labels, results, out / "tpot.png", f"{spec.name}: time per token as the constellation moves")
+    alone = any(r.summary.get("predicted_tpot_network_ms") for r in results)
+    if alone:
+        plot_network_alone(labels, [r.summary for r in results], out / "network.png",
+                           f"{spec.name}: TPOT measured, predicted, and for the network alone")
     lines = [f"# {spec.name}", "", spec.description or "", "",
-             f"A sweep over `{spec.sweep.field}`: one experiment per value, each in its own folder.", "",
-             "| value | parallelism | placement | TTFT ms (pred.) | TPOT ms (pred.) | error | decode tok/s | failed |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"A sweep over `{spec.sweep.what}`: one experiment per value, each in its own folder.", "",
+             "| value | parallelism | placement | TTFT ms (pred.) | TPOT ms (pred.) | error | floor ms/msg (pred. "
+             "TPOT with it, error) | TPOT ms, network alone (pred.) | decode tok/s | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in zip(labels, results):
         s = r.summary
         lines.append(f"| [{label}]({r.folder.name}/report.md) | tp {s['tp']} x pp {s['pp']} {s['allreduce']} | "
                      f"{s['placement']} | {_fmt(s['ttft_ms'])} ({_fmt(s['predicted_ttft_ms'])}) | "
                      f"{_fmt(s['tpot_ms'])} ({_fmt(s['predicted_tpot_ms'])}) | {_fmt(s['tpot_error_pct'])} % | "
+                     f"{_fmt(s.get('floor_ms_per_message'), 3)} ({_fmt(s.get('predicted_tpot_loaded_ms'))}, "
+                     f"{_fmt(s.get('tpot_error_loaded_pct'))} %) | "
+                     f"{_fmt(s.get('predicted_tpot_network_ms'))} | "
                      f"{_fmt(s['decode_tokens_per_s'])} | {s['failed']} |")
-    lines += ["", "![comparison](comparison.png)", "", "![TPOT over time](tpot.png)", ""]
+    lines += ["", "Floor: what one message between shards cost this host in the run, under its own load (each "
+              "frame's send-to-delivery time less the routed path's delay, as the shards measured it); beside it "
+              "the prediction redone with that cost instead of the idle calibration.",
+              "", "TPOT, network alone: the same prediction with no per-message software cost and bytes at the "
+              "link rate: what the constellation's links would cost the layout without this host's floor.", "",
+              "![comparison](comparison.png)", "", "![TPOT over time](tpot.png)", ""]
+    if alone:
+        lines += ["![TPOT: measured, predicted, network alone](network.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -25,17 +25,21 @@ import yaml
 
 from meshemu.deployment import deploy
 from meshemu.emulation.probe import error_summary, path_summary
+from meshemu.experiments.network import measured_floor, network_prediction
 from meshemu.experiments.plan import build_series, plan_run, request_texts
 from meshemu.experiments.recovery import recovery_rows, reference_tokens
 from meshemu.experiments.report import write_report, write_sweep_report
 from meshemu.experiments.spec import ExperimentSpec, as_dict, expand, load_experiment
 from meshemu.serving.client import record_from_row
 from meshemu.serving.compute import parse_compute
+from meshemu.serving.predict import allreduce_messages_per_token
 from meshemu.serving.report import analyse
 from meshemu.serving.session import describe_model, make_context
 
 SUMMARY_COLUMNS = ("name", "tp", "pp", "allreduce", "placement", "compute", "backend", "requests", "failed",
                    "tokens", "ttft_ms", "predicted_ttft_ms", "tpot_ms", "predicted_tpot_ms", "tpot_error_pct",
+                   "predicted_tpot_network_ms", "collective_ms_per_message", "floor_ms_per_message",
+                   "predicted_tpot_loaded_ms", "tpot_error_loaded_pct",
                    "decode_tokens_per_s", "e2e_s", "itl_p50_ms", "itl_p99_ms", "rank_nodes", "recoveries",
                    "recovery_s", "predicted_recovery_s")
 
@@ -78,10 +82,22 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None, *, on_step=None
     # a run with faults proves its answers: greedy tokens beside the whole model's, which no fault touched
     reference = (reference_tokens(source, run.job.requests) if run.faults and spec.model.compute == "real"
                  else None)
+    floor = _floor(dep)
+    # the same prediction with the per-message cost the shards measured under this run's load
+    loaded_ctx = dataclasses.replace(ctx, overhead_s=floor.per_message_s) if floor else None
     request_rows, token_rows, recoveries = [], [], []
     for event in sorted((e for e in dep.events if e["event"] == "request"), key=lambda e: e["request"]):
         rec = record_from_row(event["record"])
         row, tokens, _, _ = analyse(rec, ctx)
+        if loaded_ctx is not None:
+            row["predicted_tpot_loaded_s"] = analyse(rec, loaded_ctx)[0].get("predicted_tpot_s")
+        steps = row.get("steps") or [0]
+        alone = network_prediction(ctx, dep.series, config, device, row, steps[1] if len(steps) > 1 else steps[0])
+        n_msg = allreduce_messages_per_token(p.tp, p.allreduce, ctx.layers)
+        row.update(predicted_tpot_network_s=alone.tpot_s if alone else None,
+                   predicted_ttft_network_s=alone.ttft_s if alone else None,
+                   collective_s_per_message=(row["collective_s_per_token"] / n_msg
+                                             if n_msg and row.get("collective_s_per_token") is not None else None))
         i = event["request"]
         row.update(request=i, prompt=texts[i], answer=_decode(tok, rec.token_ids),
                    error=event.get("error", row.get("error", "")))
@@ -97,9 +113,33 @@ def run_experiment(spec: ExperimentSpec, folder: Path, log=None, *, on_step=None
     result = ExperimentResult(spec, folder, {}, request_rows, token_rows, dep.probes, dep.path_checks,
                               route_rows(dep), recoveries, dep.schedule.rows())
     result.summary = _summary(spec, dep, request_rows)
+    result.summary["predictor_ms_per_message"] = _ms(ctx.overhead_s)  # report.md only: the floor predicted
+    result.summary["floor_ms_per_message"] = _ms(floor.per_message_s) if floor else None
+    result.summary["floor_by_kind_ms"] = {k: _ms(v) for k, v in floor.by_kind.items()} if floor else {}
     _write(result, dep.series, dep, wall_s, config)
     write_report(result, dep.series, dep)
     return result
+
+
+def _floor(dep):
+    """The per-message floor the shards measured (their frames' transit less the path's delay between the
+    ranks, averaged over the run's steps); None where no frame went between shards (one rank)."""
+    shards = next((e["metrics"] for e in dep.events if e["event"] == "shards"), [])
+    played = sorted({r.step for r in dep.step_records}) or [0]
+    steps = played[:: max(1, len(played) // 16)]  # the path's delay changes slowly: a few steps tell its mean
+    nodes = dep.rank_nodes
+    memo = {}
+
+    def one_way_s(a: int, b: int) -> float:
+        if (a, b) not in memo:
+            if max(a, b) >= len(nodes):
+                memo[a, b] = 0.0
+            else:
+                d = [dep.one_way_at(k)(nodes[a], nodes[b]) for k in steps]
+                d = [x for x in d if x == x and x != float("inf")]
+                memo[a, b] = sum(d) / len(d) if d else 0.0
+        return memo[a, b]
+    return measured_floor(shards, one_way_s)
 
 
 def _faults_during(dep, rec) -> set[int]:
@@ -131,6 +171,12 @@ def _summary(spec, dep, rows) -> dict:
             "tokens": sum(r.get("tokens", 0) for r in rows), "ttft_ms": _ms(_mean(ok, "ttft_s")),
             "predicted_ttft_ms": _ms(_mean(ok, "predicted_ttft_s")), "tpot_ms": _ms(tpot),
             "predicted_tpot_ms": _ms(pred),
+            "predicted_tpot_network_ms": _ms(_mean(ok, "predicted_tpot_network_s")),
+            "collective_ms_per_message": _ms(_mean(ok, "collective_s_per_message")),
+            "floor_ms_per_message": None,  # set by run_experiment: what the shards measured
+            "predicted_tpot_loaded_ms": _ms(_mean(ok, "predicted_tpot_loaded_s")),
+            "tpot_error_loaded_pct": (round((tpot / _mean(ok, "predicted_tpot_loaded_s") - 1) * 100, 2)
+                                      if tpot and _mean(ok, "predicted_tpot_loaded_s") else None),
             "tpot_error_pct": round((tpot / pred - 1) * 100, 2) if tpot and pred else None,
             "decode_tokens_per_s": _mean(ok, "decode_tokens_per_s"), "e2e_s": _mean(ok, "e2e_s"),
             "itl_p50_ms": _ms(_mean(ok, "itl_p50_s")), "itl_p99_ms": _ms(_mean(ok, "itl_p99_s")),

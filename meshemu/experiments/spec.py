@@ -1,11 +1,15 @@
 """An experiment, declared: one YAML file under ``experiments/``, validated into frozen dataclasses.
 
 Unknown keys and wrong types are errors that name the file and the key.
-A ``sweep`` runs the experiment once per value of one field.
+A ``sweep`` runs the experiment once per value of one field, or of several
+fields together (each value then a list, one entry per field).
 
 >>> spec = ExperimentSpec(name="x", constellation="demo")
 >>> [s.parallelism.tp for s in expand(replace(spec, sweep=Sweep("parallelism.tp", (1, 3))))]
 [1, 3]
+>>> both = Sweep(("constellation", "parallelism.tp"), (("demo", 2), ("compute-12", 1)))
+>>> [(s.name, s.constellation, s.parallelism.tp) for s in expand(replace(spec, sweep=both))]
+[('x-demo-tp2', 'demo', 2), ('x-compute-12-tp1', 'compute-12', 1)]
 """
 
 from __future__ import annotations
@@ -128,8 +132,32 @@ class Links:
 
 @dataclass(frozen=True)
 class Sweep:
-    field: str  # a dotted path such as parallelism.tp
+    field: str | tuple[str, ...]  # a dotted path such as parallelism.tp, or several swept together
     values: tuple[Any, ...] = ()
+    names: tuple[str, ...] = ()  # optional: each value's run name (after the experiment's), instead of its label
+
+    def __post_init__(self):
+        if self.names and len(self.names) != len(self.values):
+            raise ValueError(f"sweep.names gives {len(self.names)} names for {len(self.values)} values: "
+                             "one per value, or none")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.field,) if isinstance(self.field, str) else tuple(self.field)
+
+    @property
+    def what(self) -> str:
+        """The swept fields, for people: ``parallelism``, ``constellation + parallelism``."""
+        return " + ".join(self.fields)
+
+    def settings(self, value) -> list[tuple[str, Any]]:
+        """``(field, value)`` for each swept field, from one of ``values``; ValueError if it does not fit."""
+        if isinstance(self.field, str):
+            return [(self.field, value)]
+        if not isinstance(value, (list, tuple)) or len(value) != len(self.fields):
+            raise ValueError(f"a sweep over {len(self.fields)} fields ({', '.join(self.fields)}) takes values "
+                             f"that are lists of {len(self.fields)}, one per field")
+        return list(zip(self.fields, value))
 
 
 @dataclass(frozen=True)
@@ -187,7 +215,10 @@ def load_experiment(path) -> ExperimentSpec:
     if spec.sweep is not None:
         if not spec.sweep.values:
             raise InputError("a sweep needs at least one value", file=path, field="sweep.values")
-        _check_field(spec, spec.sweep.field, path)
+        if not spec.sweep.fields or len(set(spec.sweep.fields)) != len(spec.sweep.fields):
+            raise InputError("name each swept field once", file=path, field="sweep.field")
+        for dotted in spec.sweep.fields:
+            _check_field(spec, dotted, path)
     spec = replace(spec, source=str(path))
     expand(spec)  # every sweep value must make a valid experiment: say so now, naming the value
     return spec
@@ -216,11 +247,15 @@ def expand(spec: ExperimentSpec) -> list[ExperimentSpec]:
     out, named = [], {}
     for i, value in enumerate(spec.sweep.values):
         try:
-            one = set_field(replace(spec, sweep=None), spec.sweep.field, value)
-            one = replace(one, name=f"{spec.name}-{_label(spec.sweep.field, value)}", source=spec.source)
+            one, labels = replace(spec, sweep=None), []
+            for dotted, v in spec.sweep.settings(value):
+                one = set_field(one, dotted, v)
+                labels.append(_label(dotted, v))
+            label = spec.sweep.names[i] if spec.sweep.names else "-".join(labels)
+            one = replace(one, name=f"{spec.name}-{label}", source=spec.source)
         except (InputError, ValueError, TypeError) as err:
             why = getattr(err, "detail", str(err))
-            raise InputError(f"{value!r} cannot be {spec.sweep.field}: {why}", file=spec.source or None,
+            raise InputError(f"{value!r} cannot be {spec.sweep.what}: {why}", file=spec.source or None,
                              field=f"sweep.values[{i}]") from None
         if named.setdefault(one.name, i) != i:
             # before: both ran, into one results folder named after the value

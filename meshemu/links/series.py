@@ -31,7 +31,7 @@ import numpy as np
 
 from meshemu.constants import SPEED_OF_LIGHT_M_PER_S
 from meshemu.constellation.ground import ground_positions_m
-from meshemu.constellation.propagate import TimeGrid, propagate_itrs_m
+from meshemu.constellation.propagate import TimeGrid
 from meshemu.errors import InputError
 from meshemu.links.gsl import visible_links
 from meshemu.links.isl import isl_lengths_m
@@ -67,6 +67,7 @@ class LinkSeries:
     positions_m: np.ndarray  # (T, N + G, 3) float32, Earth-fixed (ITRS)
     ut1_equals_utc: bool = False
     satellite_places: np.ndarray | None = None  # (N, 3) int32: shell, plane, slot; -1 unknown
+    rate_bps: np.ndarray | None = None  # (L,) float64: each link's rate, each direction; NaN (or None): not modelled
 
     @property
     def n_steps(self) -> int:
@@ -114,6 +115,12 @@ class LinkSeries:
             return places
         return self.satellite_places
 
+    def link_rates_bps(self) -> np.ndarray:
+        """(L,) float64: every link's rate in bit/s, each direction, NaN where the constellation gives none."""
+        if self.rate_bps is None:
+            return np.full(len(self.links), np.nan)
+        return self.rate_bps
+
     def step_index(self, t_s: float) -> int:
         """The last step at or before ``t_s`` (clamped to the window)."""
         return int(np.clip(np.searchsorted(self.times_s, t_s, side="right") - 1, 0, self.n_steps - 1))
@@ -154,7 +161,7 @@ class LinkSeries:
                                 epoch_utc=self.epoch_utc, times_s=self.times_s, node_names=np.array(self.node_names),
                                 n_satellites=self.n_satellites, links=self.links, length_m=self.length_m,
                                 positions_m=self.positions_m, ut1_equals_utc=self.ut1_equals_utc,
-                                satellite_places=self.places())
+                                satellite_places=self.places(), rate_bps=self.link_rates_bps())
         except OSError as err:
             raise InputError(f"cannot write: {err.strerror or err}", file=path) from None
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
@@ -177,7 +184,8 @@ class LinkSeries:
                                      "recompute it with 'meshemu topology'", file=path)
                 series = cls(str(z["constellation"]), str(z["epoch_utc"]), z["times_s"],
                              tuple(str(n) for n in z["node_names"]), int(z["n_satellites"]), z["links"],
-                             z["length_m"], z["positions_m"], bool(z["ut1_equals_utc"]), z["satellite_places"])
+                             z["length_m"], z["positions_m"], bool(z["ut1_equals_utc"]), z["satellite_places"],
+                             z["rate_bps"] if "rate_bps" in z.files else None)  # series saved before rates: none
         except InputError:
             raise
         except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as err:
@@ -212,6 +220,9 @@ class LinkSeries:
         places = self.satellite_places
         if places is not None and (places.shape != (self.n_satellites, 3) or places.dtype.kind not in "iu"):
             return f"satellite_places is {places.shape}, expected (satellites, 3) = {(self.n_satellites, 3)}"
+        rate = self.rate_bps
+        if rate is not None and (rate.shape != (len(links),) or rate.dtype.kind != "f" or (rate <= 0).any()):
+            return f"rate_bps is {rate.shape} of {rate.dtype}, expected (links,) = ({len(links)},) bit/s > 0 or NaN"
         return ""
 
 
@@ -261,7 +272,7 @@ def compute_link_series(constellation, stations, grid: TimeGrid, *, progress=Non
     gsl_steps, gsl_keys, gsl_range = [], [], []  # per chunk: step (int32), station * N + satellite, m (float32)
     for t0 in range(0, n_t, chunk_steps):
         sub = TimeGrid(grid.epoch_utc, grid.offsets_s[t0:t0 + chunk_steps], grid.ut1_equals_utc)
-        pos = propagate_itrs_m(c.satrecs, sub, c.satellite_names)  # (t, S, 3) float64, this chunk only
+        pos = c.positions_itrs_m(sub)  # (t, S, 3) float64, this chunk only
         positions[t0:t0 + len(sub), :n_sat] = pos
         isl_len[t0:t0 + len(sub)] = isl_lengths_m(
             pos, pairs, max_range_m=_m(c.isl.max_range_km), min_grazing_altitude_m=c.isl.min_grazing_altitude_km * 1e3,
@@ -286,13 +297,14 @@ def compute_link_series(constellation, stations, grid: TimeGrid, *, progress=Non
     length_m[t, n_isl + column] = rng
     del t, column, rng
     gsl_links = np.stack([gsl_key % n_sat, n_sat + gsl_key // n_sat], axis=1)
+    rate_bps = np.concatenate([np.full(n_isl, _bps(c.isl.rate_gbps)), np.full(len(gsl_key), _bps(c.gsl.rate_gbps))])
     return LinkSeries(
         constellation=c.name, epoch_utc=grid.epoch_utc.isoformat().replace("+00:00", "Z"),
         times_s=np.asarray(grid.offsets_s, dtype=np.float64),
         node_names=tuple(c.satellite_names) + tuple(st.name for st in stations), n_satellites=n_sat,
         links=np.concatenate([pairs, gsl_links]).astype(np.int32).reshape(-1, 2),
         length_m=length_m, positions_m=positions, ut1_equals_utc=grid.ut1_equals_utc,
-        satellite_places=c.places)
+        satellite_places=c.places, rate_bps=rate_bps)
 
 
 def series_bytes(n_satellites: int, n_stations: int, n_steps: int, n_isls: int) -> int:
@@ -314,6 +326,10 @@ def check_series_size(n_satellites: int, n_stations: int, n_steps: int, n_isls: 
                              "give a shorter window, a longer step or a smaller constellation")
     if problem:
         raise InputError(problem)
+
+
+def _bps(gbps) -> float:
+    return np.nan if gbps is None else gbps * 1e9
 
 
 def _m(km):

@@ -92,3 +92,21 @@ def table_changes(before: np.ndarray | None, after: np.ndarray) -> RouteChanges:
     changed = after != -1 if before is None else before != after
     node, dest = np.nonzero(changed)
     return RouteChanges(node.astype(np.int32), dest.astype(np.int32), after[node, dest])
+
+
+def column_changes(before: np.ndarray | None, after: np.ndarray, destinations: np.ndarray) -> RouteChanges:
+    """:func:`table_changes` for tables of columns towards ``destinations`` ((N + G, D) each).
+
+    ``before`` may have fewer columns than ``after`` (destinations added since):
+    the routes of the new ones are all installed. ``RouteChanges.destination``
+    holds node ids. With every node a destination this is :func:`table_changes`.
+
+    >>> a = np.array([[-1], [0], [0]]); b = np.array([[-1, 2], [0, 2], [1, -1]])
+    >>> c = column_changes(a, b, np.array([0, 2])); (c.node.tolist(), c.destination.tolist(), c.next_hop.tolist())
+    ([0, 1, 2], [2, 2, 0], [2, 2, 1])
+    """
+    if before is not None and before.shape[1] < after.shape[1]:
+        pad = np.full((before.shape[0], after.shape[1] - before.shape[1]), -1, dtype=before.dtype)
+        before = np.hstack([before, pad])
+    ch = table_changes(before, after)
+    return RouteChanges(ch.node, np.asarray(destinations, dtype=np.int32)[ch.destination], ch.next_hop)

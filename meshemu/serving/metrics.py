@@ -139,3 +139,44 @@ def _plain(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+class Transit:
+    """Send-to-delivery times of the frames a shard received, per (sender rank, frame kind).
+
+    Every process of a run reads one clock (CLOCK_MONOTONIC is one clock for all namespaces of a host), so
+    a frame stamped by its sender (``Frame.sent_clock_s``) tells the receiver what its trip cost: the path's
+    delay plus the emulator's software time (framing, the kernel, the delay line's lateness, waking the
+    receiving thread on busy cores). With the path's delay taken off (the runner knows it), what is left is
+    the per-message floor under the run's own load, not an idle calibration. The latest ``keep`` samples per
+    key are kept for the quantiles.
+
+    >>> t = Transit()
+    >>> for s in (0.004, 0.001, 0.002):
+    ...     t.add(1, "REDUCE", s)
+    >>> [(r["src_rank"], r["kind"], r["n"], r["median_s"]) for r in t.rows()]
+    [(1, 'REDUCE', 3, 0.002)]
+    """
+
+    def __init__(self, keep: int = 4096):
+        self.keep = keep
+        self._samples: dict[tuple[int, str], list] = {}
+        self._count: dict[tuple[int, str], int] = {}
+
+    def add(self, src_rank: int, kind: str, seconds: float) -> None:
+        key = (int(src_rank), kind)
+        ring = self._samples.setdefault(key, [])
+        n = self._count.get(key, 0)
+        if len(ring) < self.keep:
+            ring.append(seconds)
+        else:
+            ring[n % self.keep] = seconds
+        self._count[key] = n + 1
+
+    def rows(self) -> list[dict]:
+        out = []
+        for (src, kind), ring in sorted(self._samples.items()):
+            s = sorted(ring)
+            out.append({"src_rank": src, "kind": kind, "n": self._count[(src, kind)], "median_s": s[len(s) // 2],
+                        "p10_s": s[len(s) // 10], "p90_s": s[(9 * len(s)) // 10]})
+        return out

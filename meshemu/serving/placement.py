@@ -81,8 +81,7 @@ def place(strategy: str, n_ranks: int, series, routes, ground_station, *, step: 
     if n_ranks > n_sat:
         raise InputError(f"{n_ranks} ranks for {n_sat} satellites")
     gs = series.short_index(ground_station)
-    _, length_m = routes.state(step)
-    dist = length_m[gs, :n_sat]
+    dist = routes.distances_from(step, gs)[:n_sat]
     if not np.isfinite(dist).any():
         raise InputError(f"{series.short_names[gs]} reaches no satellite at step {step}")
     if strategy == "nearest":

@@ -77,6 +77,21 @@ def allreduce_s(algorithm: str, t: int, alpha_s: float, nbytes: float, overhead_
     return alpha_s + (t - 1) * (overhead_s + nbytes / bandwidth_Bps)
 
 
+def allreduce_messages_per_token(tp: int, algorithm: str, layers) -> int:
+    """All-reduce messages on one rank's critical path per decode token (2 all-reduces a layer): ring 2(t-1)
+    steps each, direct t-1 sends. Collective time over these is what one message cost in a run: its floor.
+
+    >>> allreduce_messages_per_token(8, "direct", [64]), allreduce_messages_per_token(8, "ring", [64])
+    (896, 1792)
+    >>> allreduce_messages_per_token(3, "ring", [30]), allreduce_messages_per_token(1, "ring", [15, 15])
+    (240, 0)
+    """
+    if tp <= 1:
+        return 0
+    per_allreduce = 2 * (tp - 1) if algorithm == "ring" else tp - 1
+    return sum(2 * n * per_allreduce for n in layers)
+
+
 def ring_allreduce_s(link_s, nbytes: float, overhead_s: float, bandwidth_Bps: float) -> float:
     """A ring all-reduce over links of unequal delay (``link_s[j]``: rank j to rank j+1, one way).
 

@@ -39,6 +39,7 @@ from meshemu.errors import InputError, MeshemuError
 from meshemu.serving.collectives import ALGORITHMS
 from meshemu.serving.compute import make_compute
 from meshemu.serving.job import MAX_REQUEST_ID_CHARS, MAX_STEP_TIMEOUT_S
+from meshemu.serving.metrics import Transit
 from meshemu.serving.pipeline import Kind, Layout, Session
 from meshemu.serving.rpc import shard_pb2 as pb
 from meshemu.serving.rpc import shard_pb2_grpc as pb_grpc
@@ -82,6 +83,7 @@ class Shard(pb_grpc.ShardServicer):
         self.counters = {"frames_in": 0, "bytes_in": 0, "requests": 0, "requests_failed": 0,
                          "sessions": 0, "session_errors": 0, "rejected_tensors": 0, "dropped_frames": 0,
                          "refused_by_peers": 0, "frames_in_data_plane": 0}
+        self.transit = Transit()
 
     def start_data_plane(self, host: str) -> int:
         """Listen for peers' frames on a plain TCP port of ``host`` (its port, 0 when off); see :mod:`transport`."""
@@ -426,7 +428,9 @@ class Shard(pb_grpc.ShardServicer):
 
     def Metrics(self, request, context):
         out = dict(self.counters, node=self.node, address=self.address, rank=self.rank,
-                   links=self.links.stats(), load=self.load_info)
+                   links=self.links.stats(), load=self.load_info, transit=self.transit.rows(),
+                   # a device model's waits: how late the host woke from them in all (paid back from later ones)
+                   device_late_s=getattr(getattr(self.compute, "clock", None), "late_s", None))
         return pb.MetricsReply(json=json.dumps(out))
 
     # -- frames ----------------------------------------------------------------------------------
@@ -438,12 +442,15 @@ class Shard(pb_grpc.ShardServicer):
                 self.deliver(meta, array)
                 continue
             if message is None:
+                meta.sent_clock_s = time.monotonic()  # the receiver's transit time starts here
                 message = Message(meta, array)  # encoded once, for every peer
             self.links.get(self.layout.ranks[r]).send(message)
 
     def deliver(self, frame, array) -> None:
         """Route an incoming frame to the head's request queue and/or the request's session."""
         rid, kind = frame.request_id, frame.kind
+        if frame.sent_clock_s and frame.src_rank != self.rank:
+            self.transit.add(frame.src_rank, _kind_name(kind), time.monotonic() - frame.sent_clock_s)
         head_q = self.head_requests.get(rid) if kind in (Kind.TOKEN, Kind.ERROR) else None
         if kind == Kind.ERROR or (kind == Kind.TOKEN and (self.layout is None
                                                           or self.layout.stage_of(self.rank) != 0)):

@@ -125,3 +125,17 @@ def test_link_down_on_the_path_fails_the_request_and_the_next_one_recovers(prefi
     failed_at = first["record"]["token_rows"][-1]["arrival_s"] if first["record"]["token_rows"] else 0
     assert failed_at < 3.0                                   # cut at ~1 s, noticed within the step timeout
     assert "error" not in second and len(second["record"]["token_rows"]) == 3
+
+
+def test_routed_towards_destinations_only_each_step_is_still_routed_once(small_series, prefix, monkeypatch):
+    from meshemu.routing import states
+
+    monkeypatch.setattr(states, "ALL_ROUTES_MAX_NODES", 0)  # "auto" routes towards destinations only
+    dep, _ = serve(small_series, prefix, 1, 2, "ring", "plane", shaper="delayline", probes=(("Paris", "New York"),))
+    summary = dep.routes.summary()
+    assert summary["mode"] == "destinations" and summary["max_passes_per_step"] == 1, summary
+    # the three stations and the two ranks: nobody routes towards any other satellite
+    stations = range(small_series.n_satellites, small_series.n_nodes)
+    ranks = [small_series.short_index(n) for n in dep.rank_nodes]
+    assert sorted(dep.routes.destinations.tolist()) == sorted([*stations, *ranks])
+    assert dep.probes and all(p.measured_rtt_ms is not None for p in dep.probes)

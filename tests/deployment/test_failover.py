@@ -120,3 +120,21 @@ def test_a_cut_link_on_the_path_reroutes_and_a_station_outage_is_waited_out(seri
     route = dep.route_at(cut_at + 1, dep.rank_nodes[0], dep.rank_nodes[1])
     assert route and not ({a, b} <= set(route) and abs(route.index(a) - route.index(b)) == 1)
     assert first is not None
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_spare_nobody_routed_to_is_reached_before_its_shard_starts(series, prefix, tiny_reference, monkeypatch):
+    """Routed as big meshes are (destinations only): the spare is no destination until the failover reaches
+    it, then the client's frames get there and the tokens are unchanged."""
+    from meshemu.routing import states
+
+    monkeypatch.setattr(states, "ALL_ROUTES_MAX_NODES", 0)  # "auto" now routes towards destinations only
+    dep, event, rec = serve(series, prefix, [Fault(at_s=3, satellite="rank:1", for_s=60)])
+    assert dep.routes.mode == "destinations"
+    assert "error" not in event, event["error"]
+    assert rec.token_ids == tiny_reference("llama", PROMPT, N, max_context=1024)[0]
+    [r] = rec.recoveries
+    spare = series.short_index(r["new_nodes"][1])
+    assert spare in dep.routes.destinations.tolist()
+    assert dep.routes.summary()["destinations"] < series.n_nodes

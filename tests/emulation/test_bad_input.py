@@ -37,3 +37,30 @@ def test_more_nodes_than_the_kernel_allows(tmp_path):
     with pytest.raises(CapabilityError, match="kernel allows 100.*user.max_net_namespaces"):
         check_namespace_limit(1684, str(limit))
     check_namespace_limit(50, str(limit))
+
+
+def test_the_kernel_refusing_a_namespace_names_the_limit(monkeypatch):
+    """Past user.max_net_namespaces (counting every namespace that exists, not just ours) the kernel says
+    ENOSPC, which ip prints as "No space left on device": the error names the sysctl instead."""
+    import subprocess
+
+    from meshemu.emulation import mesh
+
+    refused = subprocess.CompletedProcess([], 1, "", 'Failed to create a new network namespace "x.p00s01": '
+                                                    "No space left on device\nCommand failed /tmp/a.ip:2\n")
+    monkeypatch.setattr(mesh.subprocess, "run", lambda *a, **k: refused)
+    with pytest.raises(CapabilityError, match=r"exist and user.max_net_namespaces is .*sysctl -w"):
+        mesh.run_ip_batch(["netns add x.p00s00", "netns add x.p00s01"], "creating namespaces")
+
+
+def test_long_ip_batches_run_in_several_processes(monkeypatch):
+    """iproute2 keeps every namespace a batch names open: a batch of links is split so it never runs out."""
+    import subprocess
+
+    from meshemu.emulation import mesh
+
+    calls = []
+    monkeypatch.setattr(mesh.subprocess, "run", lambda argv, **k: calls.append(open(argv[-1]).read().count("\n"))
+                        or subprocess.CompletedProcess(argv, 0, "", ""))
+    mesh.run_ip_batch([f"link add l{i}" for i in range(2 * mesh.IP_BATCH_LINES + 1)], "creating links")
+    assert calls == [mesh.IP_BATCH_LINES, mesh.IP_BATCH_LINES, 1]

@@ -428,3 +428,58 @@ def test_daemon_exits_when_its_parent_dies(line2, tmp_path):
     while os.path.exists(f"/dev/shm/{shm}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not os.path.exists(f"/dev/shm/{shm}")
+
+
+def test_shared_block_holds_sources_by_destinations():
+    """A block of (N, capacity) columns: a write fills the first D, zeroes each destination's own row."""
+    name = f"meshemu-dl-{os.getpid()}-cols"
+    _, _, _, size = wire.layout(3, cols=2)
+    assert size == wire.layout(3)[3] - 2 * 3 * 1 * 8  # two matrices one column narrower
+    block = wire.ShmBlock(name, size)
+    try:
+        block.words[wire.W_N], block.words[wire.W_COLS], block.words[wire.W_MAGIC] = 3, 2, wire.MAGIC
+        w = DelayMatrixWriter(name)
+        one = np.full((3, 1), 0.004)
+        w.write(one, zero_rows=[2])  # destination node 2 only
+        np.testing.assert_array_equal(w.current(), [[0.004], [0.004], [0.0]])
+        w.write(np.full((3, 2), 0.004), zero_rows=[2, 0])  # node 0 added as the second column
+        np.testing.assert_array_equal(w.current(), [[0.004, 0.0], [0.004, 0.004], [0.0, 0.004]])
+        with pytest.raises(InputError, match=r"expected \(3, 1\.\.2\)"):
+            w.write(np.zeros((3, 3)))
+        w.close()
+    finally:
+        block.close()
+        wire.unlink_block(name)
+
+
+@pytest.mark.root
+@needs_root
+def test_destinations_only_and_one_added_at_run_time(line3, started):
+    """Queues and rules only at destinations; the (N, D) matrix delays what reaches them; a destination
+    added while the line runs is delayed from then on, by its own column."""
+    for ns in line3.namespaces:  # the fixture queued every node: start from node 2 alone
+        dl.remove_rules(ns, line3.addresses[line3.namespaces.index(ns)])
+    dl.install_rules(line3.namespaces[2], line3.addresses[2])
+    line = started(line3, destinations=[2], capacity=2)
+    d = np.zeros((3, 1))
+    d[0, 0], d[1, 0] = 0.004, 0.020  # towards node 2: from 0 (crossing 1, held once at 2), from 1
+    line.set_delays(d)
+    r = _probe(line3, 0, 2)
+    assert r.lost == 0
+    assert abs(np.median(r.rtt) - 0.004) < 0.002, r.summary(0.004)  # the reply to 0 is not held: no queue there
+    with pytest.raises(InputError, match="columns"):
+        line.set_delays(np.zeros((3, 2)))  # node 0 is no destination yet
+    line.add_destinations([0])
+    d2 = np.zeros((3, 2))
+    d2[:, 0], d2[2, 1] = d[:, 0], 0.010  # node 0's column: 10 ms from node 2
+    line.set_delays(d2)
+    dl.install_rules(line3.namespaces[0], line3.addresses[0])
+    r = _probe(line3, 0, 2)
+    assert r.lost == 0
+    assert abs(np.median(r.rtt) - 0.014) < 0.002, r.summary(0.014)
+    np.testing.assert_array_equal(line.delays(), d2)
+    assert line.destinations == [2, 0]
+    with pytest.raises(CapabilityError, match="holds 2 destinations"):
+        line.add_destinations([1])
+    st = _settled_stats(line)
+    assert st["alive"] and st["unknown_source"] == 0 and st["released"] == st["packets"]

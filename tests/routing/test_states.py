@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from meshemu.constants import SPEED_OF_LIGHT_M_PER_S
-from meshemu.routing import ForwardingStates, forwarding_state, shortest_route
+from meshemu.errors import InputError
+from meshemu.routing import ForwardingStates, column_changes, forwarding_state, shortest_route, table_changes
 from meshemu.routing.forwarding import walk
 
 ONE_METRE = 1.0  # float32 link lengths: sums agree to well under a metre
@@ -109,3 +110,63 @@ def test_watching_after_a_step_was_computed_costs_no_second_pass(demo_series):
     for k in range(1, 6):
         states.state(k)
     assert states.route(0, paris, tokyo) and states.passes == 6
+
+
+class TestDestinations:
+    """Mode ``destinations``: only the columns towards the destinations, each the whole table's column."""
+
+    def test_auto_is_all_for_small_meshes_and_destinations_above(self, demo_series):
+        assert ForwardingStates(demo_series).mode == "all"  # 164 nodes
+        from meshemu.routing import resolve_route_mode
+        from meshemu.routing.states import ALL_ROUTES_MAX_NODES
+
+        assert resolve_route_mode("auto", ALL_ROUTES_MAX_NODES + 1) == "destinations"
+        with pytest.raises(InputError, match="routes must be one of"):
+            resolve_route_mode("some", 10)
+
+    def test_columns_equal_the_whole_tables_columns_every_step(self, demo_series):
+        paris, sat = demo_series.node_index("Paris"), 17
+        states = ForwardingStates(demo_series, watch=[paris, sat], mode="destinations")
+        stations = list(range(demo_series.n_satellites, demo_series.n_nodes))
+        assert states.destinations.tolist() == stations + [sat]  # every station, then the watched satellite
+        for k in range(demo_series.n_steps):
+            cols = states.columns(k)
+            table, length = forwarding_state(demo_series, k)
+            np.testing.assert_array_equal(cols.next_hop, table[:, cols.destinations])
+            np.testing.assert_array_equal(cols.length_m, length[:, cols.destinations])
+            assert states.route(k, sat, paris) == _walk(table, sat, paris)
+        assert states.passes == demo_series.n_steps and states.max_passes_per_step == 1
+        assert not states._tables  # no whole table was ever made
+
+    def test_a_destination_added_later_costs_its_own_tree_only(self, demo_series):
+        states = ForwardingStates(demo_series, mode="destinations")
+        before = states.columns(4)
+        assert states.route_to([3, 40]) == [3, 40] and states.route_to([3]) == []
+        after = states.columns(4)
+        table, length = forwarding_state(demo_series, 4)
+        np.testing.assert_array_equal(after.next_hop[:, : len(before.destinations)], before.next_hop)
+        np.testing.assert_array_equal(after.next_hop, table[:, after.destinations])
+        np.testing.assert_array_equal(after.length_m, length[:, after.destinations])
+        assert states.passes == 1 and states.summary()["column_extensions"] == 1
+
+    def test_distances_from_a_node_are_the_routed_lengths(self, demo_series):
+        tokyo = demo_series.node_index("Tokyo")
+        for mode in ("destinations", "all"):
+            states = ForwardingStates(demo_series, mode=mode)
+            dist = states.distances_from(12, tokyo)
+            _, length = forwarding_state(demo_series, 12)
+            finite = np.isfinite(length[tokyo])
+            np.testing.assert_array_equal(np.isfinite(dist), finite)
+            np.testing.assert_allclose(dist[finite], length[tokyo][finite], rtol=0, atol=ONE_METRE)
+
+    def test_column_changes_with_every_node_a_destination_are_the_table_changes(self, demo_series):
+        a, b = forwarding_state(demo_series, 0)[0], forwarding_state(demo_series, 1)[0]
+        whole = table_changes(a, b)
+        cols = column_changes(a, b, np.arange(demo_series.n_nodes))
+        for f in ("node", "destination", "next_hop"):
+            np.testing.assert_array_equal(getattr(cols, f), getattr(whole, f))
+        d = np.array([70, 3, 100])
+        part = column_changes(a[:, d[:2]], b[:, d], d)  # the third column is new: all its routes installed
+        assert set(zip(part.node.tolist(), part.destination.tolist())) == (
+            {(u, int(v)) for u, v in zip(whole.node, whole.destination) if v in (70, 3)}
+            | {(u, 100) for u in np.flatnonzero(b[:, 100] != -1)})

@@ -82,3 +82,20 @@ def test_prompt_larger_than_a_chunk_crosses_stages_in_pieces(shard_pool):
         client.load()
         rec = client.generate(Request(prompt, max_new_tokens=4), timeout_s=60)
     assert rec.token_ids == list(whole.new_tokens)
+
+
+def test_shards_measure_each_frames_trip_by_sender_and_kind(shard_pool):
+    """The floor under load is measured from the frames themselves: a 2 x 2 layout's shards each see their
+    peers' all-reduce pieces and hops, every trip positive and far below the step timeout."""
+    import time
+
+    t0 = time.monotonic()
+    with serve(shard_pool, "llama", 2, 2, "ring") as client:
+        client.generate(Request(PROMPT, max_new_tokens=6), timeout_s=30)
+        metrics = client.metrics()
+    wall_s = time.monotonic() - t0
+    seen = {(m["rank"], row["src_rank"], row["kind"]): row for m in metrics for row in m["transit"]}
+    assert {(0, 1, "REDUCE"), (1, 0, "REDUCE"), (2, 3, "REDUCE"), (3, 2, "REDUCE")} <= set(seen)
+    assert (2, 0, "STEP") in seen or (2, 0, "START") in seen  # stage 0 -> stage 1
+    assert all(0 < r["p10_s"] <= r["median_s"] <= r["p90_s"] < wall_s for r in seen.values())
+    assert all(src != rank for rank, src, _ in seen)  # a shard does not time what it hands itself
