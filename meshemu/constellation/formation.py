@@ -52,13 +52,11 @@ import numpy as np
 from sgp4.api import WGS72, Satrec
 
 from meshemu.config import check_name
-from meshemu.constants import WGS72_EARTH_RADIUS_M, WGS72_MU_M3_PER_S2
-from meshemu.resources import memory_problem
+from meshemu.constants import WGS72_MU_M3_PER_S2
+from meshemu.constellation.shell import check_orbit, check_size, semi_major_axis_m
 
 # sgp4init counts epochs in days since 1949-12-31 00:00 UTC
 _SGP4_EPOCH_JD = 2433281.5
-# A satellite costs what a Walker shell's does (see meshemu.constellation.shell.BYTES_PER_SATELLITE).
-_BYTES_PER_SATELLITE = 4096
 # The grid's plane in LVLH: u and v, the grid's axes, at th = 0 (see the module docstring).
 _SQRT3_2 = math.sqrt(3.0) / 2.0
 
@@ -92,18 +90,12 @@ class Formation:
         if not 1.0 <= self.spacing_m <= 100e3:
             raise ValueError(f"formation {self.name!r}: spacing_m {self.spacing_m:g} is outside 1 m-100 km "
                              "(Clohessy-Wiltshire holds for offsets small beside the orbit's radius)")
-        if not 100 <= self.altitude_km <= 40_000:
-            raise ValueError(f"formation {self.name!r}: altitude_km {self.altitude_km} is outside 100-40000 km")
-        if not 0 <= self.inclination_deg <= 180:
-            raise ValueError(f"formation {self.name!r}: inclination_deg {self.inclination_deg} is outside 0-180")
+        check_orbit(f"formation {self.name!r}", self.altitude_km, self.inclination_deg)
         for name in ("raan_deg", "argument_of_latitude_deg", "phase_deg"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"formation {self.name!r}: {name} must be a finite number, got {getattr(self, name)}")
-        problem = memory_problem(self.size * _BYTES_PER_SATELLITE,
-                                 f"formation {self.name!r} of {self.rows} x {self.columns} = {self.size:,} satellites",
-                                 "give fewer rows or columns")
-        if problem:
-            raise ValueError(problem)
+        check_size(f"formation {self.name!r} of {self.rows} x {self.columns} = {self.size:,} satellites",
+                   self.size, "give fewer rows or columns")
 
     @property
     def size(self) -> int:
@@ -111,7 +103,7 @@ class Formation:
 
     @property
     def semi_major_axis_m(self) -> float:
-        return WGS72_EARTH_RADIUS_M + self.altitude_km * 1e3
+        return semi_major_axis_m(self.altitude_km)
 
     @property
     def mean_motion_rad_per_s(self) -> float:

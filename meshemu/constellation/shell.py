@@ -29,6 +29,26 @@ BYTES_PER_SATELLITE = 4096
 _SGP4_EPOCH_JD = 2433281.5
 
 
+def semi_major_axis_m(altitude_km: float) -> float:
+    """The radius of a circular orbit ``altitude_km`` above WGS72's equatorial radius."""
+    return WGS72_EARTH_RADIUS_M + altitude_km * 1e3
+
+
+def check_orbit(what: str, altitude_km: float, inclination_deg: float) -> None:
+    """Refuse a circular orbit no shell or formation flies (``what`` names it in the error)."""
+    if not 100 <= altitude_km <= 40_000:
+        raise ValueError(f"{what}: altitude_km {altitude_km} is outside 100-40000 km")
+    if not 0 <= inclination_deg <= 180:
+        raise ValueError(f"{what}: inclination_deg {inclination_deg} is outside 0-180")
+
+
+def check_size(what: str, n_satellites: int, hint: str) -> None:
+    """Refuse, before propagating anything, more satellites than this machine's memory holds."""
+    problem = memory_problem(n_satellites * BYTES_PER_SATELLITE, what, hint)
+    if problem:
+        raise ValueError(problem)
+
+
 @dataclass(frozen=True)
 class Shell:
     """A Walker-delta shell: ``planes`` x ``sats_per_plane`` on circular orbits.
@@ -64,17 +84,11 @@ class Shell:
         if not 0 < self.raan_spread_deg <= 360:
             raise ValueError(f"shell {self.name!r}: raan_spread_deg must be within (0, 360] (360 for a Walker "
                              f"delta, 180 for a star), got {self.raan_spread_deg:g}")
-        if not 100 <= self.altitude_km <= 40_000:
-            raise ValueError(f"shell {self.name!r}: altitude_km {self.altitude_km} is outside 100-40000 km")
-        if not 0 <= self.inclination_deg <= 180:
-            raise ValueError(f"shell {self.name!r}: inclination_deg {self.inclination_deg} is outside 0-180")
+        check_orbit(f"shell {self.name!r}", self.altitude_km, self.inclination_deg)
         if not 0 <= self.eccentricity < 0.1:
             raise ValueError(f"shell {self.name!r}: eccentricity {self.eccentricity} is outside [0, 0.1)")
-        problem = memory_problem(self.size * BYTES_PER_SATELLITE,
-                                 f"shell {self.name!r} of {self.planes} x {self.sats_per_plane} = {self.size:,} satellites",
-                                 "give fewer planes or satellites per plane")
-        if problem:
-            raise ValueError(problem)
+        check_size(f"shell {self.name!r} of {self.planes} x {self.sats_per_plane} = {self.size:,} satellites",
+                   self.size, "give fewer planes or satellites per plane")
 
     @property
     def size(self) -> int:
@@ -82,7 +96,7 @@ class Shell:
 
     @property
     def semi_major_axis_m(self) -> float:
-        return WGS72_EARTH_RADIUS_M + self.altitude_km * 1e3
+        return semi_major_axis_m(self.altitude_km)
 
     @property
     def period_s(self) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ def _floor(dep):
                 memo[a, b] = 0.0
             else:
                 d = [dep.one_way_at(k)(nodes[a], nodes[b]) for k in steps]
-                d = [x for x in d if x == x and x != float("inf")]
+                d = [x for x in d if math.isfinite(x)]
                 memo[a, b] = sum(d) / len(d) if d else 0.0
         return memo[a, b]
     return measured_floor(shards, one_way_s)
@@ -164,7 +165,7 @@ def _ms(x):
 
 def _summary(spec, dep, rows) -> dict:
     ok = [r for r in rows if not r.get("error")]
-    tpot, pred = _mean(ok, "tpot_s"), _mean(ok, "predicted_tpot_s")
+    tpot, pred, loaded = _mean(ok, "tpot_s"), _mean(ok, "predicted_tpot_s"), _mean(ok, "predicted_tpot_loaded_s")
     return {"name": spec.name, "tp": spec.parallelism.tp, "pp": spec.parallelism.pp,
             "allreduce": spec.parallelism.allreduce, "placement": spec.placement, "compute": spec.model.compute,
             "backend": dep.backend, "requests": len(rows), "failed": len(rows) - len(ok),
@@ -174,9 +175,8 @@ def _summary(spec, dep, rows) -> dict:
             "predicted_tpot_network_ms": _ms(_mean(ok, "predicted_tpot_network_s")),
             "collective_ms_per_message": _ms(_mean(ok, "collective_s_per_message")),
             "floor_ms_per_message": None,  # set by run_experiment: what the shards measured
-            "predicted_tpot_loaded_ms": _ms(_mean(ok, "predicted_tpot_loaded_s")),
-            "tpot_error_loaded_pct": (round((tpot / _mean(ok, "predicted_tpot_loaded_s") - 1) * 100, 2)
-                                      if tpot and _mean(ok, "predicted_tpot_loaded_s") else None),
+            "predicted_tpot_loaded_ms": _ms(loaded),
+            "tpot_error_loaded_pct": round((tpot / loaded - 1) * 100, 2) if tpot and loaded else None,
             "tpot_error_pct": round((tpot / pred - 1) * 100, 2) if tpot and pred else None,
             "decode_tokens_per_s": _mean(ok, "decode_tokens_per_s"), "e2e_s": _mean(ok, "e2e_s"),
             "itl_p50_ms": _ms(_mean(ok, "itl_p50_s")), "itl_p99_ms": _ms(_mean(ok, "itl_p99_s")),
