@@ -31,6 +31,7 @@ rank's next layer sees the same input.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -46,28 +47,38 @@ class CollectiveError(MeshemuError):
 
 
 class Mailbox:
-    """Pieces that arrived for one request, waited for by key; bounded in count."""
+    """Pieces that arrived for one request, waited for by key; bounded in count.
+
+    A piece may carry when and by whom it was sent (``sent_clock_s`` on the host's monotonic clock, ``src``):
+    a taker that had to wait for it tells ``on_wait(src, sent_clock_s, waiting_since_s)``, which is how a
+    shard measures what one message costs on the critical path.
+    """
 
     def __init__(self, max_items: int = 4096):
         self._items: dict = {}
         self._cond = threading.Condition()
         self._closed = ""
         self.max_items = max_items
+        self.on_wait: Callable[[int, float, float], None] | None = None
 
-    def put(self, key, array: np.ndarray) -> None:
+    def put(self, key, array: np.ndarray, sent_clock_s: float = 0.0, src: int = -1) -> None:
         with self._cond:
             if len(self._items) >= self.max_items:
                 raise TensorError(f"{len(self._items)} all-reduce pieces waiting: refusing more")
-            self._items[key] = array
+            self._items[key] = (array, sent_clock_s, src)
             self._cond.notify_all()
 
     def take(self, key, timeout_s: float, what: str = "") -> np.ndarray:
         with self._cond:
+            since = time.monotonic() if key not in self._items else None
             if not self._cond.wait_for(lambda: key in self._items or self._closed, timeout_s):
                 raise CollectiveError(f"no all-reduce piece {what or key} within {timeout_s:g} s")
             if key not in self._items:
                 raise CollectiveError(self._closed)
-            return self._items.pop(key)
+            array, sent_clock_s, src = self._items.pop(key)
+        if since is not None and sent_clock_s and self.on_wait is not None:
+            self.on_wait(src, sent_clock_s, since)
+        return array
 
     def close(self, reason: str) -> None:
         """Wake every waiter with ``reason`` (the request ended or failed)."""

@@ -142,12 +142,13 @@ def _plain(value):
 
 
 class Transit:
-    """Send-to-delivery times of the frames a shard received, per (sender rank, frame kind).
+    """Send-to-use times of the frames a shard received, per (sender rank, frame kind).
 
     Every process of a run reads one clock (CLOCK_MONOTONIC is one clock for all namespaces of a host), so
-    a frame stamped by its sender (``Frame.sent_clock_s``) tells the receiver what its trip cost: the path's
-    delay plus the emulator's software time (framing, the kernel, the delay line's lateness, waking the
-    receiving thread on busy cores). With the path's delay taken off (the runner knows it), what is left is
+    a frame stamped by its sender (``Frame.sent_clock_s``) tells the thread that waited for it what its trip
+    cost: the path's delay plus the emulator's software time (framing, the kernel, the delay line's lateness,
+    waking the receiving threads on busy cores). Only frames sent while that thread already waited count, so
+    a rank that came late to a collective does not add its own lateness. With the path's delay taken off (the runner knows it), what is left is
     the per-message floor under the run's own load, not an idle calibration. The latest ``keep`` samples per
     key are kept for the quantiles.
 

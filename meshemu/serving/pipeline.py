@@ -43,6 +43,8 @@ from meshemu.serving.rpc import shard_pb2 as pb
 from meshemu.serving.tensors import expect
 
 Kind = pb.Frame.Kind
+#: The frames a pass waits for, whose trips a shard counts (REDUCE pieces are counted by the mailbox).
+_TIMED = {k: Kind.Name(k) for k in (Kind.START, Kind.STEP, Kind.TOKEN)}
 
 
 @dataclass(frozen=True)
@@ -130,16 +132,26 @@ class Session:
         self.inbox.put((frame, array))
 
     def put_piece(self, frame, array) -> None:
-        self.mailbox.put((frame.seq, frame.phase, self.host.layout.tp_rank_of(frame.src_rank)), array)
+        self.mailbox.put((frame.seq, frame.phase, self.host.layout.tp_rank_of(frame.src_rank)), array,
+                         frame.sent_clock_s, frame.src_rank)
+
+    def _arrived(self, src_rank: int, kind: str, sent_clock_s: float, waiting_since_s: float) -> None:
+        """Count one frame's trip to this thread (the cost a pass waits for), when it was sent while the thread
+        already waited for it: then nothing else (this rank's own lateness, a queue) hides in the sample."""
+        if sent_clock_s >= waiting_since_s and src_rank != self.host.rank:
+            self.host.transit.add(src_rank, kind, time.monotonic() - sent_clock_s)
 
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
         try:
             while True:
+                since = time.monotonic()
                 try:
                     frame, array = self.inbox.get(timeout=self.idle_timeout_s)
                 except queue.Empty:
                     return  # the request was abandoned (its END never came)
+                if frame.sent_clock_s and frame.kind in _TIMED:
+                    self._arrived(frame.src_rank, _TIMED[frame.kind], frame.sent_clock_s, since)
                 if frame.kind == Kind.END:
                     return
                 if frame.kind == Kind.START:
@@ -177,6 +189,7 @@ class Session:
         if self.host.layout.tp_size > 1:
             lay = self.host.layout
             group = lay.stage_ranks(self.stage)
+            self.mailbox.on_wait = lambda src, sent, since: self._arrived(src, "REDUCE", sent, since)
             self.allreduce = AllReduce(self.host.algorithm, lay.tp_size, self.tp_rank, self._send_piece,
                                        self.mailbox, timeout_s=self.step_timeout_s,
                                        names=[f"rank {g} ({lay.ranks[g]})" for g in group])

@@ -103,6 +103,7 @@ class Shard(pb_grpc.ShardServicer):
     def _load(self, request, context):
         # Forget the old model first: its memory is needed for the new one, and a Load that fails leaves none.
         self._unload()
+        self.transit = Transit()  # trips are keyed by rank: a new layout's ranks start counting afresh
         try:
             layout = Layout(tuple(request.ranks), request.tp_size, request.n_stages)
             if request.rank >= layout.size:
@@ -449,8 +450,6 @@ class Shard(pb_grpc.ShardServicer):
     def deliver(self, frame, array) -> None:
         """Route an incoming frame to the head's request queue and/or the request's session."""
         rid, kind = frame.request_id, frame.kind
-        if frame.sent_clock_s and frame.src_rank != self.rank:
-            self.transit.add(frame.src_rank, _kind_name(kind), time.monotonic() - frame.sent_clock_s)
         head_q = self.head_requests.get(rid) if kind in (Kind.TOKEN, Kind.ERROR) else None
         if kind == Kind.ERROR or (kind == Kind.TOKEN and (self.layout is None
                                                           or self.layout.stage_of(self.rank) != 0)):

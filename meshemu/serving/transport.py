@@ -141,6 +141,28 @@ def tensor_header(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(dtype=name, shape=array.shape, chunk=0, n_chunks=1, total_bytes=array.nbytes)
 
 
+_HEADERS: dict = {}
+_MAX_HEADERS = 1024
+
+
+def tensor_header_bytes(array: np.ndarray) -> bytes:
+    """The serialized ``Frame(tensor=tensor_header(array))``, made once per dtype and shape: a decode step sends
+    the same shape every time, and building the message costs more than the rest of a send (6 of ~9 us here).
+
+    >>> a = np.zeros((1, 1, 4), np.float32)
+    >>> pb.Frame.FromString(tensor_header_bytes(a)).tensor == tensor_header(a)
+    True
+    """
+    key = (array.dtype, array.shape)
+    got = _HEADERS.get(key)
+    if got is None:
+        got = pb.Frame(tensor=tensor_header(array)).SerializeToString()
+        if len(_HEADERS) >= _MAX_HEADERS:  # prefill shapes vary with the prompt: keep the table bounded
+            _HEADERS.clear()
+        _HEADERS[key] = got
+    return got
+
+
 class Message:
     """One frame and its tensor, encoded once (lazily, for each way it is sent) for every peer it goes to.
 
@@ -170,7 +192,7 @@ class Message:
             data = b""
             if self.array is not None:
                 # a serialized message followed by another is their merge: the frame gains its tensor header
-                meta += pb.Frame(tensor=tensor_header(self.array)).SerializeToString()
+                meta += tensor_header_bytes(self.array)
                 data = memoryview(self.array.reshape(-1).view(np.uint8)) if self.array.nbytes else b""
             self._wire = (HEADER.pack(FRAME_MAGIC, len(meta), len(data)) + meta, data)
         return self._wire

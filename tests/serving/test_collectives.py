@@ -68,3 +68,18 @@ def test_closing_the_mailbox_wakes_waiters():
     threading.Timer(0.05, box.close, args=("request ended",)).start()
     with pytest.raises(CollectiveError, match="request ended"):
         box.take((0, 0, 1), timeout_s=5)
+
+
+def test_a_piece_counts_its_trip_only_when_the_taker_waited_for_it():
+    """What a message costs on the critical path: a piece that was already there when its taker came
+    (the taker was late) tells nothing about the link, a piece sent while the taker waited does."""
+    import time
+
+    box, seen = Mailbox(), []
+    box.on_wait = lambda src, sent, since: seen.append((src, sent >= since))
+    box.put((0, 0, 1), np.zeros(1), time.monotonic(), src=5)
+    box.take((0, 0, 1), timeout_s=1)
+    assert seen == []
+    threading.Timer(0.05, lambda: box.put((0, 1, 1), np.zeros(1), time.monotonic(), src=7)).start()
+    box.take((0, 1, 1), timeout_s=5)
+    assert seen == [(7, True)]
