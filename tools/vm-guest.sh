@@ -33,7 +33,8 @@ case "$action" in
     export MESHEMU_EXPECT_NETEM=1 MESHEMU_TEST_SHAPER=netem
     "$py" -m pytest -p no:cacheprovider -q -ra -m root \
       tests/emulation/test_netem.py tests/emulation/test_shaping.py tests/emulation/test_mesh.py \
-      tests/emulation/test_player.py tests/emulation/test_interrupt.py tests/emulation/test_rate_shaping.py
+      tests/emulation/test_player.py tests/emulation/test_interrupt.py tests/emulation/test_rate_shaping.py \
+      tests/emulation/test_routes.py
     ;;
   run)
     mkdir -p /mnt/job/out

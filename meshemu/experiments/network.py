@@ -72,11 +72,11 @@ class MeasuredFloor:
     """What one message between shards cost the emulator in a run, under the run's own load.
 
     ``per_message_s``: over the frames of decode (STEP: a pipeline hop, REDUCE: an all-reduce piece, TOKEN:
-    the drawn token back to stage 0; each one small message), their send-to-delivery time less the routed
-    path's one-way delay (the median of each sender/receiver/kind, weighted by their frame counts): the cost
-    the predictor's per-message term stands for. ``by_kind``: the same per kind, START and END too (a START
-    carries the prompt's activations: its trip has slow start and bytes in it, which the predictor models
-    apart).
+    the drawn token back to stage 0; each one small message), their time from send to the thread that
+    waited for them, less the routed path's one-way delay (the median of each sender/receiver/kind,
+    weighted by their frame counts): the cost the predictor's per-message term stands for. ``by_kind``: the
+    same per kind, START and END too (a START carries the prompt's activations: its trip has slow start and
+    bytes in it, which the predictor models apart).
     """
 
     per_message_s: float

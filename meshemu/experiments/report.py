@@ -150,8 +150,9 @@ def write_report(result, series, dep) -> None:
     ]
     if s.get("floor_ms_per_message") is not None:
         kinds = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in (s.get("floor_by_kind_ms") or {}).items())
-        lines += [f"The floor under this run's own load, as the shards measured it (each frame's send-to-delivery "
-                  f"time less the routed path's delay): {_fmt(s['floor_ms_per_message'], 3)} ms per message "
+        lines += [f"The floor under this run's own load, as the shards measured it (each frame's time from its "
+                  f"send to the thread that waited for it, less the routed path's delay): "
+                  f"{_fmt(s['floor_ms_per_message'], 3)} ms per message "
                   f"({kinds}), against {_fmt(s.get('predictor_ms_per_message'), 3)} ms idle in the predictor. "
                   f"With the measured floor the prediction is TPOT {_fmt(s.get('predicted_tpot_loaded_ms'))} ms "
                   f"(error {_fmt(s.get('tpot_error_loaded_pct'))} %).", ""]
@@ -329,7 +330,8 @@ def write_sweep_report(spec, results, out) -> None:
                      f"{_fmt(s.get('predicted_tpot_network_ms'))} | "
                      f"{_fmt(s['decode_tokens_per_s'])} | {s['failed']} |")
     lines += ["", "Floor: what one message between shards cost this host in the run, under its own load (each "
-              "frame's send-to-delivery time less the routed path's delay, as the shards measured it); beside it "
+              "frame's time from its send to the thread that waited for it, less the routed path's delay, as the "
+              "shards measured it); beside it "
               "the prediction redone with that cost instead of the idle calibration.",
               "", "TPOT, network alone: the same prediction with no per-message software cost and bytes at the "
               "link rate: what the constellation's links would cost the layout without this host's floor.", "",

@@ -83,7 +83,8 @@ class Shard(pb_grpc.ShardServicer):
         self.counters = {"frames_in": 0, "bytes_in": 0, "requests": 0, "requests_failed": 0,
                          "sessions": 0, "session_errors": 0, "rejected_tensors": 0, "dropped_frames": 0,
                          "refused_by_peers": 0, "frames_in_data_plane": 0}
-        self.transit = Transit()
+        self.transit = Transit()  # send to the thread that waited for the frame: the floor a pass sees
+        self.arrival = Transit()  # send to this process reading the frame: the wire's part of that floor
 
     def start_data_plane(self, host: str) -> int:
         """Listen for peers' frames on a plain TCP port of ``host`` (its port, 0 when off); see :mod:`transport`."""
@@ -103,7 +104,8 @@ class Shard(pb_grpc.ShardServicer):
     def _load(self, request, context):
         # Forget the old model first: its memory is needed for the new one, and a Load that fails leaves none.
         self._unload()
-        self.transit = Transit()  # trips are keyed by rank: a new layout's ranks start counting afresh
+        # trips are keyed by rank: a new layout's ranks start counting afresh
+        self.transit, self.arrival = Transit(), Transit()
         try:
             layout = Layout(tuple(request.ranks), request.tp_size, request.n_stages)
             if request.rank >= layout.size:
@@ -430,6 +432,7 @@ class Shard(pb_grpc.ShardServicer):
     def Metrics(self, request, context):
         out = dict(self.counters, node=self.node, address=self.address, rank=self.rank,
                    links=self.links.stats(), load=self.load_info, transit=self.transit.rows(),
+                   arrival=self.arrival.rows(),
                    # a device model's waits: how late the host woke from them in all (paid back from later ones)
                    device_late_s=getattr(getattr(self.compute, "clock", None), "late_s", None))
         return pb.MetricsReply(json=json.dumps(out))
@@ -450,6 +453,8 @@ class Shard(pb_grpc.ShardServicer):
     def deliver(self, frame, array) -> None:
         """Route an incoming frame to the head's request queue and/or the request's session."""
         rid, kind = frame.request_id, frame.kind
+        if frame.sent_clock_s and frame.src_rank != self.rank:
+            self.arrival.add(frame.src_rank, _kind_name(kind), time.monotonic() - frame.sent_clock_s)
         head_q = self.head_requests.get(rid) if kind in (Kind.TOKEN, Kind.ERROR) else None
         if kind == Kind.ERROR or (kind == Kind.TOKEN and (self.layout is None
                                                           or self.layout.stage_of(self.rank) != 0)):
