@@ -151,3 +151,17 @@ class TestFormationVsStarlink:
         london = series.short_index("London")
         gsl = series.links[:, 1] == london
         assert series.up[:, gsl].any(axis=1).all()  # the client sees the cluster at every step
+
+
+def test_an_experiment_chooses_its_routes(tmp_path):
+    """``routes:`` reaches the run (a small mesh routed the way big ones are); a wrong mode is one line."""
+    from meshemu.experiments.plan import plan_run
+    from meshemu.model.tiny import tiny_tokenizer
+    from meshemu.serving.compute import load_source
+
+    spec = load_experiment(write(tmp_path, "name: x\nroutes: destinations\nmodel: {source: 'tiny:llama:0'}\n"))
+    config, _ = load_source("tiny:llama:0")
+    assert plan_run(spec, "tiny:llama:0", config, tiny_tokenizer()).routes == "destinations"
+    assert load_experiment(write(tmp_path, "name: x\n")).routes == "auto"
+    with pytest.raises(InputError, match=r"routes: 'some' is not one of"):
+        load_experiment(write(tmp_path, "name: x\nroutes: some\n"))

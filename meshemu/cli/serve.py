@@ -59,6 +59,9 @@ def add_serving_arguments(parser) -> None:
     g.add_argument("--placement", default="plane", metavar="STRATEGY", type=placement_strategy,
                    help="with --constellation: ranks to satellites, plane, spread, nearest or list:p00s01,... "
                         "(default plane)")
+    g.add_argument("--routes", default="auto", choices=("auto", "all", "destinations"),
+                   help="with --constellation: routes every node to every other (all), or only towards the "
+                        "ground stations, the ranks and probe ends (destinations); auto: all up to 400 nodes")
     g.add_argument("--ground-station", default="Paris", metavar="CITY",
                    help="with --constellation: where the client runs in the mesh (default Paris)")
     g.add_argument("--shaper", default="auto", choices=("auto", "netem", "delayline", "none"),
@@ -91,7 +94,7 @@ def add_serving_arguments(parser) -> None:
 # were dropped without a word.
 MESH_ONLY = {"placement": ("--placement", "plane"), "ground_station": ("--ground-station", "Paris"),
              "shaper": ("--shaper", "auto"), "start": ("--start", 0.0), "duration": ("--duration", 600.0),
-             "step": ("--step", 1.0), "time_scale": ("--time-scale", 1.0)}
+             "step": ("--step", 1.0), "time_scale": ("--time-scale", 1.0), "routes": ("--routes", "auto")}
 
 
 def check_mesh_only(args) -> None:
@@ -228,7 +231,7 @@ def _run_in_mesh(args, config, device, job, on_event):
     series = compute_series(scenario_of(load_constellation(args.constellation), start_s=args.start,
                                         duration_s=args.duration, step_s=args.step))
     run = MeshRun(job, ground_station=args.ground_station, placement=args.placement, shaper=args.shaper,
-                  time_scale=args.time_scale)
+                  time_scale=args.time_scale, routes=args.routes)
     dep = deploy(series, run, on_event=on_event, log=lambda line: print(f"meshemu: {line}", file=sys.stderr))
     info = dict(dep.info(), mode="mesh", constellation=series.constellation, ground_station=dep.client_node,
                 start_s=args.start, step_s=args.step)

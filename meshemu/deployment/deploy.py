@@ -155,7 +155,7 @@ def deploy(series, run: MeshRun, *, on_event=None, on_step=None, log=None) -> De
     schedule = FaultSchedule(series, run.faults, acquisition_s=run.acquisition_s)
     schedule.check(run.n_ranks)
     played = schedule.series
-    routes = ForwardingStates(played)
+    routes = ForwardingStates(played, mode=run.routes)
     gs = played.short_index(run.ground_station)
     rank_nodes = tuple(place(run.placement, run.n_ranks, played, routes, gs, step=run.start_step))
     client = played.short_names[gs]

@@ -26,6 +26,7 @@ from meshemu.deployment.faults import Fault
 from meshemu.emulation.naming import DEFAULT_PREFIX
 from meshemu.emulation.shaping import ShapingConfig, check_backend
 from meshemu.errors import InputError
+from meshemu.routing.states import ROUTE_MODES
 from meshemu.serving.job import ServingJob
 from meshemu.serving.placement import check_strategy
 
@@ -37,6 +38,7 @@ class MeshRun:
     job: ServingJob  # what the client does; the deployment fills in the shards' addresses
     ground_station: str  # where the client runs (a city, or a station's short name)
     placement: str = "plane"  # ranks to satellites: plane, spread, nearest, list:NAMES
+    routes: str = "auto"  # every node to every other (all), towards the run's destinations, or auto (by size)
     shaper: str = "auto"  # link delay backend: auto, netem, delayline, none
     shaping: ShapingConfig = ShapingConfig()  # rate and loss of every link (netem)
     time_scale: float = 1.0  # how much faster than real time the constellation moves
@@ -49,6 +51,8 @@ class MeshRun:
 
     def __post_init__(self):
         check_strategy(self.placement)
+        if self.routes not in ROUTE_MODES:
+            raise InputError(f"routes must be one of {', '.join(ROUTE_MODES)}, got {self.routes!r}")
         if self.shaper not in SHAPERS:
             raise InputError(f"unknown shaper {self.shaper!r}: use {', '.join(SHAPERS)}")
         check_backend(self.shaper, self.shaping)

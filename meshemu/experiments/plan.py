@@ -77,6 +77,7 @@ def plan_run(spec: ExperimentSpec, source: str, config, tok) -> MeshRun:
                      step_timeout_s=step_timeout_s, recovery=spec.recovery)
     sh = spec.shaping
     shaping = ShapingConfig(rate_bps=None if sh.rate_mbps is None else sh.rate_mbps * 1e6, loss=sh.loss)
-    return MeshRun(job, ground_station=spec.ground_station, placement=spec.placement, shaper=sh.backend,
-                   shaping=shaping, time_scale=spec.time_scale, probes=tuple(tuple(pair) for pair in spec.probes),
+    return MeshRun(job, ground_station=spec.ground_station, placement=spec.placement, routes=spec.routes,
+                   shaper=sh.backend, shaping=shaping, time_scale=spec.time_scale,
+                   probes=tuple(tuple(pair) for pair in spec.probes),
                    faults=spec.faults, acquisition_s=spec.links.acquisition_s)

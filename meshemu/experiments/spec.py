@@ -173,6 +173,7 @@ class ExperimentSpec:
     model: Model = Model()
     parallelism: Parallelism = Parallelism()
     placement: str = "plane"
+    routes: Literal["auto", "all", "destinations"] = "auto"  # every node to every other, the run's only, by size
     workload: Workload = Workload()
     probes: tuple[tuple[str, ...], ...] = ()  # extra node pairs whose RTT is measured every step
     links: Links = Links()
