@@ -30,11 +30,12 @@ case "$action" in
   provision) exit 0 ;;
   test)
     # netem must be there: a test that would skip for want of it fails instead
-    export MESHEMU_EXPECT_NETEM=1 MESHEMU_TEST_SHAPER=netem
+    # TCG: RTTs less their floor stray by ~3 ms (tests/emulation/test_shaping.py says why 5 ms still tells)
+    export MESHEMU_EXPECT_NETEM=1 MESHEMU_TEST_SHAPER=netem MESHEMU_RTT_TOLERANCE_MS=5
     "$py" -m pytest -p no:cacheprovider -q -ra -m root \
       tests/emulation/test_netem.py tests/emulation/test_shaping.py tests/emulation/test_mesh.py \
       tests/emulation/test_player.py tests/emulation/test_interrupt.py tests/emulation/test_rate_shaping.py \
-      tests/emulation/test_routes.py
+      "tests/emulation/test_routes.py::test_destination_routes_are_the_whole_tables_columns_and_reach_adds_one"
     ;;
   run)
     mkdir -p /mnt/job/out
