@@ -353,6 +353,10 @@ def run_bench(args) -> int:
 
 
 def _run_bench(args, plane: str) -> None:
+    from dataclasses import replace
+
+    from meshemu.experiments.network import measured_floor
+    from meshemu.model.partition import pipeline_ranges
     from meshemu.serving.client import ServingClient
     from meshemu.serving.launch import ShardProcesses, start_loopback
     from meshemu.serving.metrics import JsonLines
@@ -396,8 +400,6 @@ def _run_bench(args, plane: str) -> None:
         # 1. Hop overhead: a 4-stage pipeline of a 576-wide tiny model, compute subtracted.
         hop_model = "tiny:llama:0:hidden_size=576:n_layers=4:head_dim=96:ffn_size=64:max_context=512"
         [rec], shards = serve(hop_model, 1, 4, "ring", args.hop_tokens, ids=tuple(range(3, 19)), with_metrics=True)
-        from meshemu.experiments.network import measured_floor
-
         hop_floor = measured_floor(shards, lambda a, b: 0.0)
         decode = rec.tokens[1:]
         per_hop = [t.hop_s / 4 for t in decode]
@@ -421,10 +423,6 @@ def _run_bench(args, plane: str) -> None:
               "the floor the shards measured in the run")
         print(f"{'layout':<12} {'tok/s':>7} {'TPOT ms':>8} {'pred ms':>8} {'err':>7} {'compute':>8} "
               f"{'collect':>8} {'hops':>7} {'floor ms':>8} {'pred@fl':>8} {'err@fl':>7} {'coll/msg':>8}")
-        from dataclasses import replace
-
-        from meshemu.model.partition import pipeline_ranges
-
         for t, p, algo in layouts:
             [rec], shards = serve(source, t, p, algo, args.tokens, with_metrics=True)
             if isinstance(rec, Exception):
