@@ -26,7 +26,7 @@ from meshemu.deployment.faults import Fault
 from meshemu.emulation.naming import DEFAULT_PREFIX
 from meshemu.emulation.shaping import ShapingConfig, check_backend
 from meshemu.errors import InputError
-from meshemu.routing.states import ROUTE_MODES
+from meshemu.routing.states import check_route_mode
 from meshemu.serving.job import ServingJob
 from meshemu.serving.placement import check_strategy
 
@@ -51,8 +51,7 @@ class MeshRun:
 
     def __post_init__(self):
         check_strategy(self.placement)
-        if self.routes not in ROUTE_MODES:
-            raise InputError(f"routes must be one of {', '.join(ROUTE_MODES)}, got {self.routes!r}")
+        check_route_mode(self.routes)
         if self.shaper not in SHAPERS:
             raise InputError(f"unknown shaper {self.shaper!r}: use {', '.join(SHAPERS)}")
         check_backend(self.shaper, self.shaping)

@@ -53,14 +53,19 @@ ROUTE_MODES = ("auto", "all", "destinations")
 ALL_ROUTES_MAX_NODES = 400
 
 
+def check_route_mode(mode: str) -> None:
+    """InputError unless ``mode`` is one of :data:`ROUTE_MODES`."""
+    if mode not in ROUTE_MODES:
+        raise InputError(f"routes must be one of {', '.join(ROUTE_MODES)}, got {mode!r}", field="routes")
+
+
 def resolve_route_mode(mode: str, n_nodes: int) -> str:
     """``all`` or ``destinations`` for ``mode`` (``auto``: by size, see :data:`ALL_ROUTES_MAX_NODES`).
 
     >>> resolve_route_mode("auto", 164), resolve_route_mode("auto", 1684), resolve_route_mode("all", 4508)
     ('all', 'destinations', 'all')
     """
-    if mode not in ROUTE_MODES:
-        raise InputError(f"routes must be one of {', '.join(ROUTE_MODES)}, got {mode!r}", field="routes")
+    check_route_mode(mode)
     if mode == "auto":
         return "all" if n_nodes <= ALL_ROUTES_MAX_NODES else "destinations"
     return mode
