@@ -380,14 +380,15 @@ def _run_bench(args, plane: str) -> None:
     with ShardProcesses() as procs:
         addrs = start_loopback(procs, need, step_timeout_s=30.0)
 
-        def serve(model, t, p, algo, reqs, m=1, ids=prompt, with_metrics=False):
+        def serve(model, t, p, algo, reqs, m=1, ids=prompt):
+            """The records of ``m`` requests at once, their wall time, and every shard's Metrics after them."""
             with ServingClient(ServingPlan(model, addrs[:t * p], t, p, algo), step_timeout_s=30.0) as client:
                 client.load()
                 client.generate(Request(ids[:4], max_new_tokens=2))  # warm the streams
                 t0 = time.perf_counter()
                 out = client.generate_many([Request(ids, max_new_tokens=reqs) for _ in range(m)])
                 wall_s = time.perf_counter() - t0
-                return out, (client.metrics() if with_metrics else wall_s)
+                return out, wall_s, client.metrics()
 
         print(f"data plane: {plane}")
         # 0. What this host's loopback costs with no framing at all: the floor under every figure below.
@@ -399,7 +400,7 @@ def _run_bench(args, plane: str) -> None:
 
         # 1. Hop overhead: a 4-stage pipeline of a 576-wide tiny model, compute subtracted.
         hop_model = "tiny:llama:0:hidden_size=576:n_layers=4:head_dim=96:ffn_size=64:max_context=512"
-        [rec], shards = serve(hop_model, 1, 4, "ring", args.hop_tokens, ids=tuple(range(3, 19)), with_metrics=True)
+        [rec], _, shards = serve(hop_model, 1, 4, "ring", args.hop_tokens, ids=tuple(range(3, 19)))
         hop_floor = measured_floor(shards, lambda a, b: 0.0)
         decode = rec.tokens[1:]
         per_hop = [t.hop_s / 4 for t in decode]
@@ -424,7 +425,7 @@ def _run_bench(args, plane: str) -> None:
         print(f"{'layout':<12} {'tok/s':>7} {'TPOT ms':>8} {'pred ms':>8} {'err':>7} {'compute':>8} "
               f"{'collect':>8} {'hops':>7} {'floor ms':>8} {'pred@fl':>8} {'err@fl':>7} {'coll/msg':>8}")
         for t, p, algo in layouts:
-            [rec], shards = serve(source, t, p, algo, args.tokens, with_metrics=True)
+            [rec], _, shards = serve(source, t, p, algo, args.tokens)
             if isinstance(rec, Exception):
                 print(f"{t}x{p} {algo}: {rec}")
                 continue
@@ -456,7 +457,7 @@ def _run_bench(args, plane: str) -> None:
 
         # 3. Micro-batching: m requests at once through a 3-stage pipeline.
         for m in concurrency:
-            recs, wall = serve(source, 1, 3, "ring", args.tokens, m)
+            recs, wall, _ = serve(source, 1, 3, "ring", args.tokens, m)
             ok = [r for r in recs if not isinstance(r, Exception)]
             total = sum(len(r.tokens) for r in ok)
             print(f"1x3 m={m:<3} {total / wall:7.1f} tok/s in all ({len(ok)} of {m} requests, "
