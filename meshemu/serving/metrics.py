@@ -148,9 +148,9 @@ class Transit:
     a frame stamped by its sender (``Frame.sent_clock_s``) tells the thread that waited for it what its trip
     cost: the path's delay plus the emulator's software time (framing, the kernel, the delay line's lateness,
     waking the receiving threads on busy cores). Only frames sent while that thread already waited count, so
-    a rank that came late to a collective does not add its own lateness. With the path's delay taken off (the runner knows it), what is left is
-    the per-message floor under the run's own load, not an idle calibration. The latest ``keep`` samples per
-    key are kept for the quantiles.
+    a rank that came late to a collective does not add its own lateness. With the path's delay taken off
+    (the runner knows it), what is left is the per-message floor under the run's own load, not an idle
+    calibration. The latest ``keep`` samples per key are kept for the quantiles.
 
     >>> t = Transit()
     >>> for s in (0.004, 0.001, 0.002):
