@@ -64,6 +64,7 @@ class Deployment:
     rank_history: list = field(default_factory=list)  # (clock_s, rank nodes) from each change on
     shard_start_s: float = 0.0  # starting the shards' processes, all at once
     single_shard_start_s: float = 0.0  # one shard process started alone (what a replacement's start costs)
+    cpu_latency: str = ""  # whether the host's CPUs were kept from deep idle while the shards ran, and why not
 
     def node(self, name) -> int:
         return self.series.short_index(name)
@@ -103,7 +104,7 @@ class Deployment:
                                                                                      self.run.shaping.rate_bps)},
                 "time_scale": self.run.time_scale, "clock": self.clock_origin, "player": self.player_summary(),
                 "routing": self.routes.summary(), "load": self.load_replies(), "shard_start_s": self.shard_start_s,
-                "single_shard_start_s": self.single_shard_start_s,
+                "single_shard_start_s": self.single_shard_start_s, "cpu_latency": self.cpu_latency,
                 "recoveries": self.recoveries,
                 "rank_history": [{"clock_s": t, "rank_nodes": list(n)} for t, n in self.rank_history]}
 
@@ -178,6 +179,8 @@ def deploy(series, run: MeshRun, *, on_event=None, on_step=None, log=None) -> De
         failover = Failover(dep, schedule, emu, procs, log)
         dep.addresses = failover.start_ranks()
         dep.shard_start_s, dep.single_shard_start_s = failover.shard_start_s, failover.single_shard_start_s
+        dep.cpu_latency = procs.cpu_latency.status
+        log(f"cpu idle: {dep.cpu_latency}")
         job = run.job.placed(dep.addresses, rank_nodes)
         player = Player(emu, time_scale=run.time_scale)
 

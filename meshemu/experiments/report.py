@@ -127,6 +127,7 @@ def write_report(result, series, dep) -> None:
         f"{spec.window.step_s:g} s steps, played at {spec.time_scale:g}x |",
         f"| shaping | {meta['backend']} (kernel {caps.get('kernel', '?')}, netem "
         f"{'present' if caps.get('netem') else 'absent'}) |",
+        f"| cpu idle | {meta.get('cpu_latency') or 'not recorded'} |",
         f"| model | {meta['model']}, compute {spec.model.compute} |",
         f"| parallelism | tp {spec.parallelism.tp} x pp {spec.parallelism.pp}, {spec.parallelism.allreduce} all-reduce |",
         f"| placement | {spec.placement}: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(dep.rank_nodes)) + " |",

@@ -6,7 +6,9 @@ namespace by giving the command prefix that enters it, and binds the node's
 own address (the one routes carry); serving itself knows nothing of
 namespaces. Children get ``OPENBLAS_NUM_THREADS=1`` and die with the process that
 started them (they watch a pidfd of their parent: any thread may start them), and
-:meth:`ShardProcesses.close` stops them in a ``finally``.
+:meth:`ShardProcesses.close` stops them in a ``finally``. While any run, the host's
+CPUs are asked not to sleep deeply (:mod:`~meshemu.serving.cpu_latency`): waking
+from deep idle is most of one frame's cost on a virtual machine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import time
 
 from meshemu.errors import CapabilityError, InputError
+from meshemu.serving.cpu_latency import CpuLatency
 
 
 def shard_env() -> dict:
@@ -33,6 +36,7 @@ class ShardProcesses:
 
     def __init__(self):
         self.procs: list[subprocess.Popen] = []
+        self.cpu_latency = CpuLatency()  # held from the first spawn to close: say its status where a run reports
 
     def __enter__(self):
         return self
@@ -45,6 +49,7 @@ class ShardProcesses:
         """Start ``prefix + argv`` (a prefix such as ``nsenter --net=...``); a file given as ``stderr`` stays readable."""
         prefix = list(prefix)
         popen.setdefault("env", shard_env())
+        self.cpu_latency.hold()
         err_file = popen.get("stderr")
         proc = subprocess.Popen(prefix + argv, **popen)
         proc.stderr_file = err_file if hasattr(err_file, "seek") else None
@@ -105,6 +110,7 @@ class ShardProcesses:
                 if stream is not None:
                     stream.close()
         self.procs.clear()
+        self.cpu_latency.release()
 
 
 def stderr_text(proc: subprocess.Popen) -> str:
