@@ -177,7 +177,9 @@ def run_sharded_generate(args) -> int:
                 addrs = start_loopback(procs, job.plan.n_ranks, step_timeout_s=args.step_timeout)
                 nodes = [f"loopback{k}" for k in range(len(addrs))]
                 run_job(job.placed(addrs, nodes), on_event)
-            ctx_info = {"mode": "loopback", "rank_nodes": nodes, "client_node": "loopback", "backend": "loopback"}
+                cpu = procs.cpu_latency.status
+            ctx_info = {"mode": "loopback", "rank_nodes": nodes, "client_node": "loopback", "backend": "loopback",
+                        "cpu_latency": cpu}
             ctx = _context(args, config, device, nodes, "client", None)
         else:
             ctx, ctx_info = _run_in_mesh(args, config, device, job, on_event)
@@ -249,7 +251,7 @@ def _report(args, records, ctx, info, loaded, metrics, config, wall_s) -> None:
     metrics.write(run_row)
     where = info.get("constellation", "loopback")
     print(f"meshemu: tp {args.tp} x pp {args.pp}, {args.allreduce} all-reduce, {args.compute} compute, "
-          f"{where} ({info['backend']})", file=sys.stderr)
+          f"{where} ({info['backend']}); cpu idle: {info.get('cpu_latency') or 'not recorded'}", file=sys.stderr)
     tokens_total, e2e = 0, 0.0
     for event in sorted(records, key=lambda e: e["request"]):
         rec = record_from_row(event["record"])
@@ -390,7 +392,7 @@ def _run_bench(args, plane: str) -> None:
                 wall_s = time.perf_counter() - t0
                 return out, wall_s, client.metrics()
 
-        print(f"data plane: {plane}")
+        print(f"data plane: {plane}; cpu idle: {procs.cpu_latency.status}")
         # 0. What this host's loopback costs with no framing at all: the floor under every figure below.
         warm_s, idle_s = loopback_baseline()
         print(f"loopback one way, {BASELINE_BYTES} B echoed by a bare process: {warm_s * 1e6:.0f} us back to back, "
@@ -410,9 +412,13 @@ def _run_bench(args, plane: str) -> None:
               f"{sorted(per_hop)[int(0.9 * len(per_hop))] * 1e3:.3f} ms; cycle of 4 hops "
               f"{statistics.median(t.cycle_s for t in decode) * 1e3:.2f} ms, compute "
               f"{statistics.median(compute) * 1e3:.2f} ms ({len(decode)} tokens; goal < 0.150 ms)")
+        # the same frames up to the moment the shard process read them: the rest is the hand-off to the pass
+        hop_read = measured_floor([{**s, "transit": s.get("arrival")} for s in shards], lambda a, b: 0.0)
         if hop_floor:
             print(f"         send to use, as the shards measured each frame: "
-                  + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in hop_floor.by_kind.items()))
+                  + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in hop_floor.by_kind.items())
+                  + ("; of it send to read: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in
+                                                           hop_read.by_kind.items()) if hop_read else ""))
         metrics.write({"kind": "bench_hop", "hop_ms_median": hop_ms, "tokens": len(decode), "data_plane": plane,
                        "floor_by_kind_s": hop_floor.by_kind if hop_floor else {}})
         overhead_s = hop_ms / 1e3

@@ -128,8 +128,9 @@ class Session:
     def start(self) -> None:
         self.thread.start()
 
-    def put(self, frame, array) -> None:
-        self.inbox.put((frame, array))
+    def put(self, frame, array, then: queue.Queue | None = None) -> None:
+        """Queue a frame for this request's thread, which puts it on ``then`` too as soon as it has taken it."""
+        self.inbox.put((frame, array, then))
 
     def put_piece(self, frame, array) -> None:
         self.mailbox.put((frame.seq, frame.phase, self.host.layout.tp_rank_of(frame.src_rank)), array,
@@ -147,9 +148,11 @@ class Session:
             while True:
                 since = time.monotonic()
                 try:
-                    frame, array = self.inbox.get(timeout=self.idle_timeout_s)
+                    frame, array, then = self.inbox.get(timeout=self.idle_timeout_s)
                 except queue.Empty:
                     return  # the request was abandoned (its END never came)
+                if then is not None:
+                    then.put((frame, array))
                 if frame.sent_clock_s and frame.kind in _TIMED:
                     self._arrived(frame.src_rank, _TIMED[frame.kind], frame.sent_clock_s, since)
                 if frame.kind == Kind.END:

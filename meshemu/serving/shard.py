@@ -468,7 +468,10 @@ class Shard(pb_grpc.ShardServicer):
             elif kind == Kind.REDUCE:
                 session.put_piece(frame, array)
             else:
-                session.put(frame, array)  # a token's next pass first, then the head streams it to the client
+                # a token's next pass first: its thread, once woken, hands the token on for the head to stream
+                # (woken here at once, the stream's thread would race the pass for the interpreter)
+                session.put(frame, array, then=head_q)
+                head_q = None
         finally:
             if head_q is not None:
                 head_q.put((frame, array))
