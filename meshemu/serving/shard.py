@@ -82,7 +82,8 @@ class Shard(pb_grpc.ShardServicer):
         self.head_requests: dict[str, queue.Queue] = {}
         self.counters = {"frames_in": 0, "bytes_in": 0, "requests": 0, "requests_failed": 0,
                          "sessions": 0, "session_errors": 0, "rejected_tensors": 0, "dropped_frames": 0,
-                         "refused_by_peers": 0, "frames_in_data_plane": 0}
+                         "refused_by_peers": 0, "frames_in_data_plane": 0,
+                         "passes_on_reader": 0}  # passes a data-plane reader ran itself, waking no thread
         self.transit = Transit()  # send to the thread that waited for the frame: the floor a pass sees
         self.arrival = Transit()  # send to this process reading the frame: the wire's part of that floor
 
@@ -276,7 +277,7 @@ class Shard(pb_grpc.ShardServicer):
                     if ack is not None:
                         conn.sendall(ack_bytes(ack))
                     continue
-                self.deliver(frame, array)
+                self.deliver(frame, array, reader=True)
         except ProtocolError as err:
             self.counters["rejected_tensors"] += 1
             try:
@@ -450,8 +451,13 @@ class Shard(pb_grpc.ShardServicer):
                 message = Message(meta, array)  # encoded once, for every peer
             self.links.get(self.layout.ranks[r]).send(message)
 
-    def deliver(self, frame, array) -> None:
-        """Route an incoming frame to the head's request queue and/or the request's session."""
+    def deliver(self, frame, array, reader: bool = False) -> None:
+        """Route an incoming frame to the head's request queue and/or the request's session.
+
+        ``reader``: the caller is the data-plane thread of the frame's connection, which may run the frame's
+        pass itself (:meth:`Session.run_here`) when the frame comes from another stage and no other request
+        is here (two requests' passes on two ranks' readers could each wait for the other's pieces).
+        """
         rid, kind = frame.request_id, frame.kind
         if frame.sent_clock_s and frame.src_rank != self.rank:
             self.arrival.add(frame.src_rank, _kind_name(kind), time.monotonic() - frame.sent_clock_s)
@@ -470,7 +476,11 @@ class Shard(pb_grpc.ShardServicer):
             else:
                 # a token's next pass first: its thread, once woken, hands the token on for the head to stream
                 # (woken here at once, the stream's thread would race the pass for the interpreter)
-                session.put(frame, array, then=head_q)
+                lay = self.layout
+                if not (reader and len(self.sessions) == 1 and lay is not None
+                        and lay.stage_of(frame.src_rank) != lay.stage_of(self.rank)
+                        and session.run_here(frame, array, then=head_q)):
+                    session.put(frame, array, then=head_q)
                 head_q = None
         finally:
             if head_q is not None:

@@ -99,3 +99,24 @@ def test_shards_measure_each_frames_trip_by_sender_and_kind(shard_pool):
     assert (2, 0, "STEP") in seen or (2, 0, "START") in seen  # stage 0 -> stage 1
     assert all(0 < r["p10_s"] <= r["median_s"] <= r["p90_s"] < wall_s for r in seen.values())
     assert all(src != rank for rank, src, _ in seen)  # a shard does not time what it hands itself
+
+
+def _passes_on_reader(client) -> dict:
+    return {m["rank"]: m["passes_on_reader"] for m in client.metrics()}
+
+
+def test_passes_from_another_stage_run_on_the_reader_and_those_from_its_own_stage_do_not(shard_pool,
+                                                                                         tiny_reference):
+    """A decode pass triggered by the previous stage (or the last stage's token) runs on the thread that read
+    its frame, so no second thread is woken; a frame from the rank's own stage never does, since its reader
+    must stay free for the all-reduce pieces that the same peer sends."""
+    tokens, _ = tiny_reference("llama", PROMPT, 6)
+    with serve(shard_pool, "llama", 2, 2, "ring") as client:
+        before = _passes_on_reader(client)
+        assert client.generate(Request(PROMPT, max_new_tokens=6), timeout_s=30).token_ids == tokens
+        after = _passes_on_reader(client)
+    assert all(1 <= after[r] - before[r] <= 5 for r in range(4)), (before, after)  # 5 decode passes at most
+    with serve(shard_pool, "llama", 2, 1, "ring") as client:
+        before = _passes_on_reader(client)
+        assert client.generate(Request(PROMPT, max_new_tokens=6), timeout_s=30).token_ids == tokens
+        assert _passes_on_reader(client) == before  # tokens and pieces come from the same stage here
