@@ -8,7 +8,8 @@ RTT error = probe RTT - 2 x one-way path delay, from UDP echo probes timestamped
 in userspace (``meshemu.emulation.delayline_testbed.probe_rtt``: a kernel receive
 timestamp would be taken before the delay and hide it). ``baseline`` rows are
 the same probe with no delay line at all: the probe's own cost (two process
-wake-ups) that every row includes. ``late p99`` is the daemon's own view:
+wake-ups) that every row includes. The CPUs are kept from deep idle as in an
+emulation (``MESHEMU_CPU_LATENCY=off`` measures without). ``late p99`` is the daemon's own view:
 release time minus deadline. TCP: iperf3 (``-B`` node addresses, 1 stream,
 first second omitted, TCP buffers up to 32 MiB in the namespaces), with the probe
 running during the transfer: once unlimited (TCP then fills the CPU, and every
@@ -33,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from meshemu.cpu_latency import CpuLatency
 from meshemu.emulation.delayline import DelayLine
 from meshemu.emulation.delayline_testbed import LineTestbed, probe_rtt
 from meshemu.emulation.realtime import PROBE_PRIORITY
@@ -142,7 +144,8 @@ def main(argv=None):
     rows = []
     pfx = f"dltest-bench-{os.getpid()}-"
     t_start = time.time()
-    with LineTestbed(7, pfx) as tb:
+    # as an emulation holds it (MESHEMU_CPU_LATENCY=off measures without)
+    with CpuLatency() as cpu, LineTestbed(7, pfx) as tb:
         # baselines: no delay line at all
         if sections & {"single", "tcp"}:
             rows.append(probe_row("baseline 1 hop, no delay line", tb, 0, 1, 0.0, args))
@@ -183,7 +186,7 @@ def main(argv=None):
           f"rt_demotions={st['rt_demotions']} spin_off_windows={st['spin_off_windows']}; CPU idle "
           f"{idle_cpu:.2f} s in 1 s, {100 * busy_cpu:.0f} % of a CPU over the runs; settings={kw or 'defaults'}; "
           f"probe={'normal' if args.probe_normal else 'SCHED_FIFO'}; {time.time() - t_start:.0f} s; "
-          f"load avg {os.getloadavg()[0]:.2f}")
+          f"load avg {os.getloadavg()[0]:.2f}; cpu idle: {cpu.status}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "settings": kw, "daemon": st}, f, indent=1)

@@ -179,8 +179,7 @@ def deploy(series, run: MeshRun, *, on_event=None, on_step=None, log=None) -> De
         failover = Failover(dep, schedule, emu, procs, log)
         dep.addresses = failover.start_ranks()
         dep.shard_start_s, dep.single_shard_start_s = failover.shard_start_s, failover.single_shard_start_s
-        dep.cpu_latency = procs.cpu_latency.status
-        log(f"cpu idle: {dep.cpu_latency}")
+        dep.cpu_latency = procs.cpu_latency.status  # the emulation's start said it too
         job = run.job.placed(dep.addresses, rank_nodes)
         player = Player(emu, time_scale=run.time_scale)
 

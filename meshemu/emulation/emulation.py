@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from meshemu.constants import SPEED_OF_LIGHT_M_PER_S
+from meshemu.cpu_latency import CpuLatency
 from meshemu.emulation import kernel
 from meshemu.emulation.mesh import Mesh
 from meshemu.emulation.naming import DEFAULT_PREFIX, plan_mesh
@@ -52,7 +53,8 @@ class Emulation:
     with whoever else reads them (one is made if none is given, in mode
     ``route_mode``: ``auto``, ``all`` or ``destinations``). Leaving the
     ``with`` block, an exception, Ctrl-C or SIGTERM removes everything this
-    emulation made.
+    emulation made. While it is up, the host's CPUs are kept from deep idle
+    (:mod:`meshemu.cpu_latency`), so that timers fire when they are due.
 
     Which routes the kernel holds is the forwarding states' mode: in ``all``
     every node has a /32 route to every other; in ``destinations`` only
@@ -88,6 +90,8 @@ class Emulation:
         self.prepare_s: list[float] = []  # per prepared step: computing its routes (the routing pass)
         self._hosts = None
         self._old_sigterm = None
+        # timers (the delay line's releases, netem's) fire late on a CPU waking from deep idle: held while up
+        self.cpu_latency = CpuLatency()
         if self.log is None:
             self.log = lambda line: print(f"meshemu: {line}", file=sys.stderr)
 
@@ -105,6 +109,7 @@ class Emulation:
         chosen = self.capabilities.shaper(self.shaper)
         self.log(f"shaping backend: {chosen} (kernel {self.capabilities.kernel}, "
                  f"netem {'present' if self.capabilities.netem else 'absent'})")
+        self.log(f"cpu idle: {self.cpu_latency.hold().status}")
         self._old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             t0 = time.perf_counter()
@@ -140,6 +145,7 @@ class Emulation:
             self._backend.close()
             self._backend = None
         self.mesh.destroy()
+        self.cpu_latency.release()
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None

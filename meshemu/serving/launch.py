@@ -7,7 +7,7 @@ own address (the one routes carry); serving itself knows nothing of
 namespaces. Children get ``OPENBLAS_NUM_THREADS=1`` and die with the process that
 started them (they watch a pidfd of their parent: any thread may start them), and
 :meth:`ShardProcesses.close` stops them in a ``finally``. While any run, the host's
-CPUs are asked not to sleep deeply (:mod:`~meshemu.serving.cpu_latency`): waking
+CPUs are asked not to sleep deeply (:mod:`~meshemu.cpu_latency`): waking
 from deep idle is most of one frame's cost on a virtual machine.
 """
 
@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from meshemu.errors import CapabilityError, InputError
-from meshemu.serving.cpu_latency import CpuLatency
+from meshemu.cpu_latency import CpuLatency
 
 
 def shard_env() -> dict:

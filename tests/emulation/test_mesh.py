@@ -144,3 +144,18 @@ def test_demo_mesh_matches_the_series(demo_series, prefix, test_shaper):
             assert traceroute(emu, src, dst) == expected_path(emu, 0, src, dst)
         emu.apply_step(30)
         assert traceroute(emu, "Tokyo", "Paris") == expected_path(emu, 30, "Tokyo", "Paris")
+
+
+def test_the_cpus_are_kept_from_deep_idle_while_the_mesh_is_up(square, prefix, test_shaper, monkeypatch):
+    """Timers (the delay line's releases, netem's) fire late on a CPU waking from deep idle: an emulation holds
+    the kernel's wake-latency request from start to stop, and says so."""
+    from meshemu.cpu_latency import PM_QOS_PATH, enforced_us
+
+    if enforced_us() is None or not os.access(PM_QOS_PATH, os.W_OK):
+        pytest.skip(f"{PM_QOS_PATH} is absent or not writable here")
+    monkeypatch.delenv("MESHEMU_CPU_LATENCY", raising=False)
+    before, lines = enforced_us(), []
+    with Emulation(square, shaper=test_shaper, prefix=prefix, log=lines.append) as emu:
+        assert emu.cpu_latency.held and enforced_us() == 0
+        assert f"cpu idle: held at 0 us (PM QoS request on {PM_QOS_PATH})" in lines
+    assert not emu.cpu_latency.held and enforced_us() == before

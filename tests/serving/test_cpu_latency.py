@@ -6,17 +6,11 @@ import struct
 import pytest
 
 from meshemu.errors import InputError
-from meshemu.serving.cpu_latency import PM_QOS_PATH, CpuLatency, cpu_latency_setting
+from meshemu.cpu_latency import PM_QOS_PATH, CpuLatency, cpu_latency_setting, enforced_us
 from meshemu.serving.launch import ShardProcesses, start_loopback
 
 pm_qos = pytest.mark.skipif(not (os.path.exists(PM_QOS_PATH) and os.access(PM_QOS_PATH, os.R_OK | os.W_OK)),
                             reason=f"{PM_QOS_PATH} is absent or not writable here (needs root)")
-
-
-def system_target_us() -> int:
-    """What the kernel enforces now: reading the file gives the strictest request held by anyone."""
-    with open(PM_QOS_PATH, "rb") as f:
-        return struct.unpack("=i", f.read(4))[0]
 
 
 def test_the_request_is_written_once_and_its_file_closed_on_release(tmp_path):
@@ -49,18 +43,18 @@ def test_off_never_opens_and_a_bad_value_is_one_line(monkeypatch):
 
 @pm_qos
 def test_the_kernel_enforces_it_while_held_and_drops_it_after():
-    before = system_target_us()
+    before = enforced_us()
     with CpuLatency("0") as held:
-        assert held.held and system_target_us() == 0
-    assert system_target_us() == before
+        assert held.held and enforced_us() == 0
+    assert enforced_us() == before
 
 
 @pm_qos
 def test_shard_processes_hold_it_while_shards_run(monkeypatch):
     monkeypatch.delenv("MESHEMU_CPU_LATENCY", raising=False)
-    before = system_target_us()
+    before = enforced_us()
     with ShardProcesses() as procs:
         assert not procs.cpu_latency.held  # nothing runs yet
         start_loopback(procs, 1, step_timeout_s=5.0)
-        assert procs.cpu_latency.held and system_target_us() == 0
-    assert not procs.cpu_latency.held and system_target_us() == before
+        assert procs.cpu_latency.held and enforced_us() == 0
+    assert not procs.cpu_latency.held and enforced_us() == before

@@ -57,6 +57,15 @@ def cpu_latency_setting(value: str | None = None) -> int | None:
     return int(text)
 
 
+def enforced_us(path: str = PM_QOS_PATH) -> int | None:
+    """The wake latency the kernel enforces now (the strictest request anyone holds), in us; None: unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return struct.unpack("=i", f.read(4))[0]
+    except (OSError, struct.error):
+        return None
+
+
 class CpuLatency:
     """Holds a CPU wake-latency request from :meth:`hold` to :meth:`release`; :attr:`status` says what happened.
 
