@@ -1,12 +1,15 @@
-"""Asking the host's CPUs not to sleep deeply while shards run: a PM QoS request on ``/dev/cpu_dma_latency``.
+"""Asking the host's CPUs not to sleep deeply while a run is up: a PM QoS request on ``/dev/cpu_dma_latency``.
 
-A pipeline stage idles for milliseconds between its passes, and a tensor-parallel
-rank between its all-reduce pieces. An idle CPU halts; on a virtual machine the
-halted vCPU goes back to the hypervisor, and waking it for the next frame costs
-more than the frame itself. Measured here (2-vCPU microVM, haltpoll idle driver):
-a bare loopback echo costs 39-44 us one way when the CPUs may halt and 12-16 us
-while a request of 0 us is held; an all-reduce piece from send to the rank that
-waits for it 0.25-0.28 ms against 0.13-0.15 ms.
+A pipeline stage idles for milliseconds between its passes, a tensor-parallel
+rank between its all-reduce pieces, and the delay line between the packets it
+holds. An idle CPU halts; on a virtual machine the halted vCPU goes back to the
+hypervisor, and waking it costs more than the work it wakes for. Measured here
+(2-vCPU microVM, haltpoll idle driver): a bare loopback echo costs 39-44 us one
+way when the CPUs may halt and 12-16 us while a request of 0 us is held; an
+all-reduce piece from send to the rank that waits for it 0.25-0.28 ms against
+0.13-0.15 ms; the delay line's RTT error median 0.1-0.37 ms against -0.03-0.27.
+Shards (:class:`~meshemu.serving.launch.ShardProcesses`) and an emulation
+(:class:`~meshemu.emulation.emulation.Emulation`) each hold one while they run.
 
 The request is the kernel's own interface (what tuned's latency-performance
 profile writes): while a process keeps the file open with a value written, no CPU
