@@ -413,7 +413,7 @@ def _run_bench(args, plane: str) -> None:
               f"{statistics.median(t.cycle_s for t in decode) * 1e3:.2f} ms, compute "
               f"{statistics.median(compute) * 1e3:.2f} ms ({len(decode)} tokens; goal < 0.150 ms)")
         # the same frames up to the moment the shard process read them: the rest is the hand-off to the pass
-        hop_read = measured_floor([{**s, "transit": s.get("arrival")} for s in shards], lambda a, b: 0.0)
+        hop_read = measured_floor(shards, lambda a, b: 0.0, counters="arrival")
         if hop_floor:
             print(f"         send to use, as the shards measured each frame: "
                   + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in hop_floor.by_kind.items())

@@ -88,9 +88,10 @@ class MeasuredFloor:
 DECODE_KINDS = ("STEP", "REDUCE", "TOKEN")
 
 
-def measured_floor(shards: list, one_way_s) -> MeasuredFloor | None:
+def measured_floor(shards: list, one_way_s, counters: str = "transit") -> MeasuredFloor | None:
     """The floor from each shard's ``transit`` counters (its Metrics) and ``one_way_s(src_rank, dst_rank)``
     (the path's delay between the two ranks, averaged over the run's steps); None if no shard measured any.
+    ``counters="arrival"`` reads the trips up to the moment the shard's process read each frame instead.
 
     >>> shards = [{"rank": 0, "transit": [{"src_rank": 1, "kind": "REDUCE", "n": 30, "median_s": 0.0013}]},
     ...           {"rank": 1, "transit": [{"src_rank": 0, "kind": "REDUCE", "n": 10, "median_s": 0.0009},
@@ -101,7 +102,7 @@ def measured_floor(shards: list, one_way_s) -> MeasuredFloor | None:
     """
     total, frames, kinds = 0.0, 0, {}
     for shard in shards:
-        for row in shard.get("transit") or []:
+        for row in shard.get(counters) or []:
             floor = max(0.0, row["median_s"] - one_way_s(row["src_rank"], shard["rank"]))
             n = int(row["n"])
             if row["kind"] in DECODE_KINDS:
