@@ -9,8 +9,8 @@ in userspace (``meshemu.emulation.delayline_testbed.probe_rtt``: a kernel receiv
 timestamp would be taken before the delay and hide it). ``baseline`` rows are
 the same probe with no delay line at all: the probe's own cost (two process
 wake-ups) that every row includes. The CPUs are kept from deep idle as in an
-emulation (``MESHEMU_CPU_LATENCY=off`` measures without). ``late p99`` is the daemon's own view:
-release time minus deadline. TCP: iperf3 (``-B`` node addresses, 1 stream,
+emulation (``MESHEMU_CPU_LATENCY=off`` measures without). ``late p99`` is the
+daemon's own view: release time minus deadline. TCP: iperf3 (``-B`` node addresses, 1 stream,
 first second omitted, TCP buffers up to 32 MiB in the namespaces), with the probe
 running during the transfer: once unlimited (TCP then fills the CPU, and every
 process's wake-ups, the probe's included, suffer) and once paced by iperf3 at
@@ -144,7 +144,6 @@ def main(argv=None):
     rows = []
     pfx = f"dltest-bench-{os.getpid()}-"
     t_start = time.time()
-    # as an emulation holds it (MESHEMU_CPU_LATENCY=off measures without)
     with CpuLatency() as cpu, LineTestbed(7, pfx) as tb:
         # baselines: no delay line at all
         if sections & {"single", "tcp"}:

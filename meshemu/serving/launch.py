@@ -6,7 +6,7 @@ namespace by giving the command prefix that enters it, and binds the node's
 own address (the one routes carry); serving itself knows nothing of
 namespaces. Children get ``OPENBLAS_NUM_THREADS=1`` and die with the process that
 started them (they watch a pidfd of their parent: any thread may start them), and
-:meth:`ShardProcesses.close` stops them in a ``finally``. While any run, the host's
+:meth:`ShardProcesses.close` stops them in a ``finally``. While any runs, the host's
 CPUs are asked not to sleep deeply (:mod:`~meshemu.cpu_latency`): waking
 from deep idle is most of one frame's cost on a virtual machine.
 """
@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 
-from meshemu.errors import CapabilityError, InputError
 from meshemu.cpu_latency import CpuLatency
+from meshemu.errors import CapabilityError, InputError
 
 
 def shard_env() -> dict:

@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from meshemu.errors import InputError
 from meshemu.cpu_latency import PM_QOS_PATH, CpuLatency, cpu_latency_setting, enforced_us
+from meshemu.errors import InputError
 from meshemu.serving.launch import ShardProcesses, start_loopback
 
 pm_qos = pytest.mark.skipif(not (os.path.exists(PM_QOS_PATH) and os.access(PM_QOS_PATH, os.R_OK | os.W_OK)),
